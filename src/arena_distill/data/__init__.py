@@ -1,0 +1,1 @@
+"""Data layer: readers, normalisation, validation, de-duplication, folds."""

@@ -1,0 +1,201 @@
+"""Run-folder plumbing shared by every stage: atomic outputs, manifests, input checks.
+
+Every stage writes its outputs into one folder under the run directory. It builds them in a
+temporary sibling folder and renames it into place at the end, so a killed stage never leaves a
+half-written output that a later stage could mistake for a finished one. Beside its outputs it
+writes ``manifest.json``: the resolved config, its inputs (paths, sizes, sha256), package
+versions and timings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+# Packages whose versions go into every manifest.
+TRACKED_PACKAGES = (
+    "arena-distill",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "peft",
+    "accelerate",
+    "datasets",
+    "scikit-learn",
+    "pandas",
+    "numpy",
+    "hydra-core",
+    "bitsandbytes",
+    "gptqmodel",
+    "optimum",
+)
+
+
+class StageInputError(RuntimeError):
+    """A stage's input is missing or was not produced by a finished earlier stage."""
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def describe_inputs(paths: Sequence[str | Path]) -> list[dict]:
+    """Path, size and sha256 of each input file (folders: every file inside, sorted)."""
+    out = []
+    for p in map(Path, paths):
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        for f in files:
+            out.append({"path": str(f), "bytes": f.stat().st_size, "sha256": file_sha256(f)})
+    return out
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def write_json(path: str | Path, obj: object) -> None:
+    """Write JSON atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder that replaces ``final`` only if the block finishes.
+
+    On an exception the temporary folder is removed and ``final`` is left as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+class StageTimer:
+    """Wall-clock timings of a stage's phases, for the manifest."""
+
+    def __init__(self) -> None:
+        self.started = datetime.now(timezone.utc)
+        self._t0 = time.perf_counter()
+        self._last = self._t0
+        self.phases: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = round(now - self._last, 3)
+        self._last = now
+
+    def to_dict(self) -> dict:
+        return {
+            "started": self.started.isoformat(),
+            "seconds": round(time.perf_counter() - self._t0, 3),
+            "phases": self.phases,
+        }
+
+
+def write_manifest(
+    out_dir: str | Path,
+    *,
+    stage: str,
+    config: Mapping,
+    inputs: Sequence[str | Path] = (),
+    outputs: Mapping[str, object] | None = None,
+    timer: StageTimer | None = None,
+    extra: Mapping[str, object] | None = None,
+) -> dict:
+    """Write ``manifest.json`` into ``out_dir`` and return it."""
+    manifest = {
+        "stage": stage,
+        "finished": datetime.now(timezone.utc).isoformat(),
+        "host": socket.gethostname(),
+        "argv": sys.argv,
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+        "inputs": describe_inputs(inputs),
+        "outputs": dict(outputs or {}),
+        "timings": timer.to_dict() if timer else None,
+        "config": dict(config),
+    }
+    if extra:
+        manifest.update(extra)
+    write_json(Path(out_dir) / MANIFEST, manifest)
+    return manifest
+
+
+def require_stage_output(folder: str | Path, *, stage: str, files: Sequence[str] = ()) -> Path:
+    """Check that ``folder`` holds a finished ``stage`` output (its manifest and ``files``).
+
+    Raises StageInputError naming what is missing and the command that produces it.
+    """
+    folder = Path(folder)
+    hint = f"run `arena-distill {stage}` (or `make {stage.replace('_', '-')}`) with the same overrides first"
+    if not (folder / MANIFEST).is_file():
+        raise StageInputError(
+            f"{folder} is not a finished '{stage}' output (no {MANIFEST}); {hint}"
+        )
+    manifest = read_json(folder / MANIFEST)
+    if manifest.get("stage") != stage:
+        raise StageInputError(
+            f"{folder}/{MANIFEST} was written by stage {manifest.get('stage')!r}, expected {stage!r}"
+        )
+    missing = [f for f in files if not (folder / f).exists()]
+    if missing:
+        raise StageInputError(f"{folder} lacks {missing}; {hint}")
+    return folder

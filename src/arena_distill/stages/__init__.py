@@ -1,0 +1,25 @@
+"""One module per pipeline stage, each a Hydra app with a typed ``run(cfg)`` entry point.
+
+``arena-distill <stage> [overrides]`` (``arena_distill.__main__``) dispatches to them; each is also
+runnable as ``python -m arena_distill.stages.<stage> [overrides]``.
+"""
+
+# name -> module, in the order the pipeline runs them
+STAGES: dict[str, str] = {
+    "demo_data": "arena_distill.stages.demo_data",
+    "data": "arena_distill.stages.data",
+    "tiny_models": "arena_distill.stages.tiny_models",
+    "tokenize": "arena_distill.stages.tokenize",
+}
+
+# Stages whose configs exist (configs/stage/) but whose code is not in this version yet.
+PLANNED: tuple[str, ...] = (
+    "pretrain",
+    "teacher",
+    "dump_logits",
+    "distill",
+    "merge",
+    "quantize",
+    "predict",
+    "report",
+)

@@ -1,0 +1,175 @@
+"""Stage ``data``: raw files -> normalised tables, de-duplicated, with a holdout and folds.
+
+Reads the files named by the ``data`` config group (train, test, extra sets, pretraining sets).
+Writes ``stages.data.out_dir`` (default ``${run_dir}/data/``):
+
+- ``train.parquet``   labelled competition rows (cv folds and the holdout; ``folds.csv`` says which)
+- ``extra.parquet``   extra labelled rows, training-only, de-duplicated against train
+- ``pretrain.parquet`` post-pretraining rows (UT), de-duplicated against train
+- ``test.parquet``    rows to predict (labels only when the data set provides them, e.g. the demo)
+- ``folds.csv``       ``id, split, fold``: written once, then reused on every rerun
+- ``summary.json``    rows read / kept, every normalisation counted, every dropped row with its reason
+- ``manifest.json``
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from arena_distill.config import config_dir
+from arena_distill.data.dedup import dedup_against
+from arena_distill.data.folds import build_folds, load_or_create_folds, write_folds
+from arena_distill.data.readers import attach_labels, load_source, read_sample_submission
+from arena_distill.data.schema import LABEL_NAMES, DataError, empty_table
+from arena_distill.data.summary import DataSummary
+from arena_distill.data.tableio import save_table
+from arena_distill.io import StageTimer, atomic_dir, write_manifest
+
+log = logging.getLogger(__name__)
+
+
+def load_spec(spec: DictConfig, *, summary: DataSummary, on_bad_row: str) -> pd.DataFrame:
+    """Read one ``{path, format, source, options}`` entry of the data config."""
+    options = spec.get("options")
+    options = OmegaConf.to_container(options, resolve=True) if options else {}
+    return load_source(
+        spec.path,
+        spec.format,
+        summary=summary,
+        source=spec.get("source"),
+        on_bad_row=on_bad_row,
+        **options,
+    )
+
+
+def load_specs(specs, *, summary: DataSummary, on_bad_row: str) -> pd.DataFrame:
+    tables = [load_spec(s, summary=summary, on_bad_row=on_bad_row) for s in specs or []]
+    return pd.concat(tables, ignore_index=True) if tables else empty_table()
+
+
+def check_disjoint_ids(tables: dict[str, pd.DataFrame]) -> None:
+    """Ids key every later artifact (folds, logits, predictions): they must not collide."""
+    seen: dict[str, str] = {}
+    for name, df in tables.items():
+        for rid in df["id"]:
+            if rid in seen:
+                raise DataError(
+                    f"id also appears in the {seen[rid]} table; ids must be unique across sets",
+                    file=name,
+                    row=rid,
+                    column="id",
+                )
+            seen[rid] = name
+
+
+def run(cfg: DictConfig) -> Path:
+    dcfg = cfg.data
+    out_dir = Path(cfg.stages.data.out_dir)
+    timer = StageTimer()
+    summary = DataSummary()
+    on_bad_row = dcfg.on_bad_row
+    inputs: list[str] = [dcfg.train.path]
+
+    train = load_spec(dcfg.train, summary=summary, on_bad_row=on_bad_row)
+    if train["label"].isna().any():
+        bad = train.loc[train["label"].isna(), "id"].iloc[0]
+        raise DataError("training rows need labels", file=dcfg.train.path, row=bad)
+
+    test = None
+    if dcfg.get("test"):
+        inputs.append(dcfg.test.path)
+        test = load_spec(dcfg.test, summary=summary, on_bad_row=on_bad_row)
+        if dcfg.get("sample_submission"):
+            inputs.append(dcfg.sample_submission)
+            sub = read_sample_submission(dcfg.sample_submission)
+            if set(sub["id"]) != set(test["id"]):
+                missing = sorted(set(test["id"]) - set(sub["id"]))[:5]
+                unexpected = sorted(set(sub["id"]) - set(test["id"]))[:5]
+                raise DataError(
+                    f"ids differ from the test file {dcfg.test.path}: test ids missing here "
+                    f"{missing}, ids not in test {unexpected}",
+                    file=dcfg.sample_submission,
+                    column="id",
+                )
+        if dcfg.get("test_labels"):
+            inputs.append(dcfg.test_labels)
+            test = attach_labels(test, dcfg.test_labels)
+    timer.lap("read")
+
+    extra = load_specs(dcfg.extra, summary=summary, on_bad_row=on_bad_row)
+    pretrain = load_specs(dcfg.pretrain, summary=summary, on_bad_row=on_bad_row)
+    inputs += [s.path for s in dcfg.extra or []] + [s.path for s in dcfg.pretrain or []]
+    if dcfg.dedup:
+        extra = dedup_against(extra, train, summary=summary)
+        pretrain = dedup_against(pretrain, train, summary=summary)
+    timer.lap("dedup")
+
+    tables = {"train": train, "extra": extra}
+    if test is not None:
+        tables["test"] = test
+    check_disjoint_ids(tables)
+
+    fcfg = dcfg.folds
+    existing = out_dir / "folds.csv"
+    fold_args = dict(
+        n_folds=fcfg.n_folds,
+        seed=fcfg.seed,
+        group_by_prompt=fcfg.group_by_prompt,
+        holdout_frac=dcfg.holdout_frac,
+        holdout_seed=dcfg.holdout_seed,
+    )
+    if existing.exists() and not fcfg.overwrite:
+        folds, _ = load_or_create_folds(existing, train, extra, **fold_args)
+        log.info("reusing folds from %s", existing)
+    else:
+        folds = build_folds(train, extra, **fold_args)
+    timer.lap("folds")
+
+    with atomic_dir(out_dir) as tmp:
+        save_table(train, tmp / "train.parquet")
+        save_table(extra, tmp / "extra.parquet")
+        save_table(pretrain, tmp / "pretrain.parquet")
+        if test is not None:
+            save_table(test, tmp / "test.parquet")
+        write_folds(folds, tmp / "folds.csv")
+        summary.write(tmp / "summary.json")
+        outputs = {
+            "rows": {name: len(df) for name, df in {**tables, "pretrain": pretrain}.items()},
+            "folds": fold_table(folds, train).to_dict(orient="index"),
+            "summary": summary.to_dict() | {"dropped": len(summary.dropped)},
+        }
+        write_manifest(
+            tmp,
+            stage="data",
+            config={"data": OmegaConf.to_container(dcfg, resolve=True)},
+            inputs=inputs,
+            outputs=outputs,
+            timer=timer,
+        )
+    log.info("%s", summary.render())
+    log.info("folds (rows per split/fold and label):\n%s", fold_table(folds, train).to_string())
+    log.info("data written to %s", out_dir)
+    return out_dir
+
+
+def fold_table(folds: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
+    """Rows per (split, fold) and label: the check that folds are stratified."""
+    merged = folds.merge(train[["id", "label"]], on="id", how="inner")
+    merged["label"] = merged["label"].map(dict(enumerate(LABEL_NAMES)))
+    table = merged.groupby(["split", "fold"])["label"].value_counts().unstack(fill_value=0)
+    table.index = [f"{s}/{f}" if s == "cv" else s for s, f in table.index]
+    return table
+
+
+@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Stage ``demo_data``: write the embedded demo set (Kaggle-shaped CSVs), offline and deterministic.
+
+Reads nothing; writes ``stages.demo_data.out_dir`` (default ``data/demo/``): ``train.csv``,
+``test.csv``, ``sample_submission.csv``, ``test_labels.csv`` and ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from arena_distill.config import config_dir
+from arena_distill.demo import generate_demo
+from arena_distill.io import StageTimer, atomic_dir, write_manifest
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> Path:
+    scfg = cfg.stages.demo_data
+    out_dir = Path(scfg.out_dir)
+    timer = StageTimer()
+    with atomic_dir(out_dir) as tmp:
+        files = generate_demo(tmp, n_train=scfg.n_train, n_test=scfg.n_test, seed=scfg.seed)
+        timer.lap("generate")
+        write_manifest(
+            tmp,
+            stage="demo_data",
+            config=OmegaConf.to_container(scfg, resolve=True),
+            outputs={name: Path(p).name for name, p in files.items()},
+            timer=timer,
+        )
+    log.info("demo data (%d train, %d test rows) written to %s", scfg.n_train, scfg.n_test, out_dir)
+    return out_dir
+
+
+@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Stage ``tiny_models``: a tokenizer trained on the run's text and random-init tiny classifiers.
+
+Reads ``${run_dir}/data/`` (the data stage's tables: the tokenizer learns from their text).
+Writes ``stages.tiny_models.out_dir`` (default ``${run_dir}/models/``): ``tokenizer/`` and one
+Hugging Face folder per family (``tiny_gemma2/``, ``tiny_llama/``, ``tiny_qwen2/``) that every
+later stage loads by path exactly like a real checkpoint, plus ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from arena_distill.config import config_dir
+from arena_distill.data.tableio import load_table
+from arena_distill.io import StageTimer, atomic_dir, require_stage_output, write_manifest
+from arena_distill.models.tiny import build_tiny_models
+
+log = logging.getLogger(__name__)
+
+
+def table_texts(df: pd.DataFrame) -> Iterator[str]:
+    """Every prompt and answer turn of a normalised table."""
+    for col in ("prompt", "response_a", "response_b"):
+        for turns in df[col]:
+            yield from turns
+
+
+def run(cfg: DictConfig) -> Path:
+    scfg = cfg.stages.tiny_models
+    data_dir = require_stage_output(cfg.stages.data.out_dir, stage="data", files=["train.parquet"])
+    out_dir = Path(scfg.out_dir)
+    timer = StageTimer()
+    tables = [load_table(data_dir / "train.parquet")]
+    if (data_dir / "test.parquet").exists():
+        tables.append(load_table(data_dir / "test.parquet"))
+    texts = [t for df in tables for t in table_texts(df)]
+    timer.lap("read")
+    with atomic_dir(out_dir) as tmp:
+        paths = build_tiny_models(
+            texts,
+            tmp,
+            families=tuple(scfg.families),
+            vocab_size=scfg.vocab_size,
+            hidden_size=scfg.hidden_size,
+            num_layers=scfg.num_layers,
+            num_heads=scfg.num_heads,
+            num_kv_heads=scfg.num_kv_heads,
+            intermediate_size=scfg.intermediate_size,
+            max_position_embeddings=scfg.max_position_embeddings,
+            seed=scfg.seed,
+        )
+        timer.lap("build")
+        write_manifest(
+            tmp,
+            stage="tiny_models",
+            config=OmegaConf.to_container(scfg, resolve=True),
+            inputs=[data_dir / "train.parquet"],
+            outputs={name: Path(p).name for name, p in paths.items()},
+            timer=timer,
+        )
+    log.info("tiny models %s written to %s", sorted(paths), out_dir)
+    return out_dir
+
+
+@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

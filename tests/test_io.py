@@ -1,0 +1,74 @@
+"""Run-folder plumbing: atomic folders, manifests, stage input checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from arena_distill.io import (
+    StageInputError,
+    StageTimer,
+    atomic_dir,
+    describe_inputs,
+    file_sha256,
+    require_stage_output,
+    write_manifest,
+)
+
+
+def test_atomic_dir_replaces_only_on_success(tmp_path):
+    out = tmp_path / "stage"
+    with atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("first")
+    assert (out / "a.txt").read_text() == "first"
+
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as tmp:
+            (tmp / "a.txt").write_text("second")
+            raise RuntimeError("killed mid-way")
+    assert (out / "a.txt").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage"]
+
+    with atomic_dir(out) as tmp:
+        (tmp / "b.txt").write_text("third")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+
+
+def test_manifest_records_config_inputs_versions_timings(tmp_path):
+    src = tmp_path / "input.csv"
+    src.write_text("id\n1\n")
+    timer = StageTimer()
+    timer.lap("read")
+    m = write_manifest(
+        tmp_path, stage="data", config={"x": 1}, inputs=[src], outputs={"rows": 1}, timer=timer
+    )
+    on_disk = json.loads((tmp_path / "manifest.json").read_text())
+    assert on_disk == json.loads(json.dumps(m, default=str))
+    assert on_disk["stage"] == "data" and on_disk["config"] == {"x": 1}
+    assert on_disk["inputs"] == [{"path": str(src), "bytes": 5, "sha256": file_sha256(src)}]
+    assert on_disk["versions"]["torch"] and on_disk["versions"]["transformers"] == "5.17.0"
+    assert "read" in on_disk["timings"]["phases"]
+
+
+def test_describe_inputs_walks_folders(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "b").write_text("b")
+    (tmp_path / "d" / "a").write_text("a")
+    assert [i["path"] for i in describe_inputs([tmp_path / "d"])] == [
+        str(tmp_path / "d" / "a"),
+        str(tmp_path / "d" / "b"),
+    ]
+
+
+def test_require_stage_output_names_what_is_missing(tmp_path):
+    with pytest.raises(StageInputError, match="no manifest.json.*arena-distill data"):
+        require_stage_output(tmp_path, stage="data")
+    write_manifest(tmp_path, stage="tokenize", config={})
+    with pytest.raises(StageInputError, match="written by stage 'tokenize', expected 'data'"):
+        require_stage_output(tmp_path, stage="data")
+    write_manifest(tmp_path, stage="data", config={})
+    with pytest.raises(StageInputError, match=r"lacks \['train.parquet'\]"):
+        require_stage_output(tmp_path, stage="data", files=["train.parquet"])
+    (tmp_path / "train.parquet").write_bytes(b"")
+    assert require_stage_output(tmp_path, stage="data", files=["train.parquet"]) == tmp_path
