@@ -9,9 +9,22 @@ ARGS ?=
 # The demo's overrides; `make demo DEMO_ARGS=...` adds more.
 DEMO_ARGS ?=
 DEMO := experiment=demo $(DEMO_ARGS)
+# Launcher for the training stages: plain python, or e.g.
+#   LAUNCH="accelerate launch --config_file configs/accelerate/deepspeed_zero2.yaml"
+#   LAUNCH="torchrun --nproc_per_node 8"
+LAUNCH ?= $(PY)
 STAGE = $(PY) -m arena_distill
+TRAIN_STAGE = $(LAUNCH) -m arena_distill
+# MODEL=name narrows a multi-model target to one model config; FOLD=k to one fold.
+MODEL ?=
+FOLD ?=
+config_value = $(shell $(PY) -m arena_distill.config $(1) $(2))
+TEACHERS = $(or $(MODEL),$(call config_value,pipeline.teachers,$(ARGS)))
+PRETRAIN_MODELS = $(or $(MODEL),$(call config_value,pipeline.teachers,$(ARGS)) $(call config_value,pipeline.student,$(ARGS)))
+FOLD_ARG = $(if $(FOLD),stages.teacher.folds=$(FOLD))
 
-.PHONY: help setup test test-slow test-all lint format demo demo-data data tiny-models tokenize clean
+.PHONY: help setup test test-slow test-all lint format demo demo-data data tiny-models tokenize \
+	pretrain train-teacher dump-logits clean
 
 help:
 	@echo "make setup      create $(VENV) and install the package with the dev extra"
@@ -20,6 +33,7 @@ help:
 	@echo "make demo       the whole pipeline on the embedded demo (CPU, tiny models)"
 	@echo "make lint       ruff"
 	@echo "stages (ARGS=\"hydra overrides\"): demo-data data tiny-models tokenize"
+	@echo "  pretrain train-teacher dump-logits (MODEL=name, FOLD=k, LAUNCH=\"accelerate launch ...\")"
 
 setup: $(STAMP)
 
@@ -58,13 +72,28 @@ tiny-models: setup
 tokenize: setup
 	$(STAGE) tokenize $(ARGS)
 
+# post-pretraining for every model of the recipe (teachers and student), or MODEL=name
+pretrain: setup
+	for m in $(PRETRAIN_MODELS); do $(TRAIN_STAGE) pretrain $(ARGS) model=$$m || exit 1; done
+
+# every configured teacher over all folds (MODEL=name / FOLD=k to narrow)
+train-teacher: setup
+	for m in $(TEACHERS); do $(TRAIN_STAGE) teacher $(ARGS) model=$$m $(FOLD_ARG) || exit 1; done
+
+dump-logits: setup
+	for m in $(TEACHERS); do $(TRAIN_STAGE) dump_logits $(ARGS) model=$$m || exit 1; done
+
 # --- the embedded default, end to end -------------------------------------------------------
 demo: setup
 	$(STAGE) demo_data $(DEMO)
 	$(STAGE) data $(DEMO)
 	$(STAGE) tiny_models $(DEMO)
 	for m in tiny_gemma2 tiny_llama tiny_qwen2; do $(STAGE) tokenize $(DEMO) model=$$m || exit 1; done
-	@echo "demo run folder: runs/demo (data/, models/, tokens/); see docs/ARCHITECTURE.md"
+	$(MAKE) --no-print-directory pretrain ARGS="$(DEMO)"
+	$(MAKE) --no-print-directory train-teacher ARGS="$(DEMO)"
+	$(MAKE) --no-print-directory dump-logits ARGS="$(DEMO)"
+	@echo "demo run folder: runs/demo (data/ models/ tokens/ pretrain/ teachers/ logits/);"
+	@echo "teacher OOF log loss: runs/demo/teachers/*/metrics.json; see docs/ARCHITECTURE.md"
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache .ruff_cache

@@ -137,7 +137,8 @@ def test_first_place_has_the_recipe_numbers():
     )
     teachers = [resolved([f"model={m}"])["model"] for m in cfg["pipeline"]["teachers"]]
     assert all(
-        t["quantization"] == {"type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"}
+        t["quantization"]
+        == {"type": "nf4", "double_quant": True, "compute_dtype": "bfloat16", "quant_storage": None}
         for t in teachers
     )
 

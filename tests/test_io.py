@@ -72,3 +72,21 @@ def test_require_stage_output_names_what_is_missing(tmp_path):
         require_stage_output(tmp_path, stage="data", files=["train.parquet"])
     (tmp_path / "train.parquet").write_bytes(b"")
     assert require_stage_output(tmp_path, stage="data", files=["train.parquet"]) == tmp_path
+
+
+def test_require_fresh_refuses_outputs_built_from_changed_inputs(tmp_path):
+    from arena_distill.io import require_fresh
+
+    src = tmp_path / "train.parquet"
+    src.write_text("v1")
+    out = tmp_path / "teacher"
+    out.mkdir()
+    write_manifest(out, stage="teacher", config={}, inputs=[src])
+    other = tmp_path / "unrelated.csv"
+    other.write_text("x")
+    require_fresh(out, [src, other], stage="teacher")  # unchanged, and unlisted paths are ignored
+    src.write_text("v2")
+    with pytest.raises(
+        StageInputError, match=r"stale: .*train.parquet changed.*arena-distill teacher"
+    ):
+        require_fresh(out, [src], stage="teacher")

@@ -52,3 +52,24 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m arena_distill.config KEY [overrides]``: print one resolved config value
+    (lists space-separated), for shell loops such as the Makefile's over the teachers."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        raise SystemExit("usage: python -m arena_distill.config KEY [hydra overrides]")
+    value = OmegaConf.select(compose(args[1:]), args[0], throw_on_missing=True)
+    if value is None:
+        raise SystemExit(f"no config key {args[0]!r}")
+    if OmegaConf.is_list(value):
+        print(" ".join(str(v) for v in OmegaConf.to_container(value, resolve=True)))
+    else:
+        print(value)
+
+
+if __name__ == "__main__":
+    main()

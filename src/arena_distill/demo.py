@@ -243,25 +243,36 @@ def _row(rng: random.Random) -> dict:
 
 
 def generate_demo(
-    out_dir: str | Path, *, n_train: int = 1500, n_test: int = 300, seed: int = 1234
+    out_dir: str | Path,
+    *,
+    n_train: int = 1500,
+    n_test: int = 300,
+    n_pretrain: int = 0,
+    seed: int = 1234,
 ) -> dict[str, Path]:
     """Write the demo files into ``out_dir`` and return their paths by stem.
 
-    Keys: ``train``, ``test``, ``sample_submission``, ``test_labels``. Ids are distinct random
-    integers like Kaggle's. Train and test rows come from the same generator; test rows lose
-    the model names and labels, which go to ``test_labels.csv`` (a demo-only file).
+    Keys: ``train``, ``test``, ``sample_submission``, ``test_labels`` and, when ``n_pretrain``
+    > 0, ``pretrain`` (a labelled set in the same layout standing in for UltraFeedback-as-arena
+    in the post-pretraining stage). Ids are distinct random integers like Kaggle's. All rows
+    come from the same generator; test rows lose the model names and labels, which go to
+    ``test_labels.csv`` (a demo-only file).
     """
     rng = random.Random(seed)
-    ids = rng.sample(range(30_000, 2**32), n_train + n_test)
+    ids = rng.sample(range(30_000, 2**32), n_train + n_test + n_pretrain)
     rows = pd.DataFrame([{"id": i, **_row(rng)} for i in ids])
-    train, test = rows.iloc[:n_train], rows.iloc[n_train:]
+    train, test = rows.iloc[:n_train], rows.iloc[n_train : n_train + n_test]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        name: out / f"{name}.csv" for name in ("train", "test", "sample_submission", "test_labels")
-    }
+    names = ["train", "test", "sample_submission", "test_labels"] + (
+        ["pretrain"] if n_pretrain else []
+    )
+    paths = {name: out / f"{name}.csv" for name in names}
     columns = ["id", "model_a", "model_b", "prompt", "response_a", "response_b", *LABEL_COLUMNS]
     train[columns].to_csv(paths["train"], index=False, lineterminator="\n")
+    if n_pretrain:
+        pretrain = rows.iloc[n_train + n_test :]
+        pretrain[columns].to_csv(paths["pretrain"], index=False, lineterminator="\n")
     test[["id", "prompt", "response_a", "response_b"]].to_csv(
         paths["test"], index=False, lineterminator="\n"
     )

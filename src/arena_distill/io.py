@@ -199,3 +199,21 @@ def require_stage_output(folder: str | Path, *, stage: str, files: Sequence[str]
     if missing:
         raise StageInputError(f"{folder} lacks {missing}; {hint}")
     return folder
+
+
+def require_fresh(folder: str | Path, inputs: Sequence[str | Path], *, stage: str) -> None:
+    """Refuse a stage output built from inputs that have changed since.
+
+    ``folder/manifest.json`` lists the inputs it was built from with their sha256; every path
+    of ``inputs`` it lists must still have that hash (a rerun data stage with other folds, say,
+    makes every teacher trained on the old folds stale).
+    """
+    manifest = read_json(Path(folder) / MANIFEST)
+    recorded = {Path(i["path"]).resolve(): i["sha256"] for i in manifest.get("inputs", [])}
+    for path in map(Path, inputs):
+        sha = recorded.get(path.resolve())
+        if sha is not None and (not path.exists() or file_sha256(path) != sha):
+            raise StageInputError(
+                f"{folder} is stale: {path} changed after it was built; rerun `arena-distill "
+                f"{stage}` (with overwrite=true where the stage keeps finished parts)"
+            )

@@ -589,3 +589,30 @@ def tokenize_cached(
     out = pd.DataFrame({"id": row_ids, "input_ids": ids, "length": lengths})
     out.attrs["cache_hit"] = False
     return out
+
+
+def tokenize_both_orientations(
+    df: pd.DataFrame,
+    tokenizer: Any,
+    cfg: PromptConfig,
+    *,
+    cache_dir: str | Path,
+    data_key: str | None = None,
+) -> pd.DataFrame:
+    """Token ids of every row as given and A/B-swapped: ``id, swapped, input_ids, length``.
+
+    Training uses both orientations (swap augmentation) and prediction uses both (swap-TTA).
+    """
+    from arena_distill.data.swap import swap_table
+
+    parts = []
+    for swapped, table in ((False, df), (True, swap_table(df))):
+        key = None if data_key is None else f"{data_key}:swapped={swapped}"
+        enc = tokenize_cached(table, tokenizer, cfg, cache_dir=cache_dir, data_key=key)
+        parts.append(enc.assign(swapped=swapped)[["id", "swapped", "input_ids", "length"]])
+    return pd.concat(parts, ignore_index=True)
+
+
+def encoding_map(enc: pd.DataFrame) -> dict[tuple[str, bool], list[int]]:
+    """``{(id, swapped): input_ids}`` from ``tokenize_both_orientations``' table."""
+    return dict(zip(zip(enc["id"], enc["swapped"], strict=True), enc["input_ids"], strict=True))

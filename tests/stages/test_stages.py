@@ -27,6 +27,7 @@ def demo_cfg(tmp_path, *extra: str):
             f"stages.demo_data.out_dir={tmp_path}/demo",
             "stages.demo_data.n_train=240",
             "stages.demo_data.n_test=40",
+            "stages.demo_data.n_pretrain=60",
             "stages.tiny_models.vocab_size=512",
             *extra,
         ]
@@ -57,9 +58,14 @@ def test_data_stage_outputs(demo_run):
     assert set(folds["id"]) == set(train["id"])
     holdout = folds[folds["split"] == "holdout"]
     assert len(holdout) == 24  # holdout_frac 0.1
-    assert sorted(folds.loc[folds["split"] == "cv", "fold"].unique()) == [0, 1, 2, 3, 4]
+    # the demo experiment uses 3 folds
+    assert sorted(folds.loc[folds["split"] == "cv", "fold"].unique()) == [0, 1, 2]
     summary = json.loads((data_dir / "summary.json").read_text())
-    assert summary["rows_read"] == {"demo": 280} and summary["rows_kept"] == {"demo": 280}
+    assert summary["rows_read"] == {"demo": 280, "demo_ut": 60}
+    assert summary["rows_kept"] == {"demo": 280, "demo_ut": 60}
+    assert len(load_table(data_dir / "pretrain.parquet")) == 60 - len(
+        [d for d in summary["dropped"] if d["source"] == "demo_ut"]
+    )
     assert summary["normalisations"]["demo/null_to_empty"] > 0
     manifest = json.loads((data_dir / "manifest.json").read_text())
     assert manifest["stage"] == "data"
@@ -73,7 +79,7 @@ def test_data_stage_rerun_reuses_folds_and_refuses_mismatch(demo_run):
     data_stage.run(demo_cfg(tmp_path, "data.folds.seed=7"))
     assert (data_dir / "folds.csv").read_bytes() == before
     with pytest.raises(DataError, match="overwrite"):
-        data_stage.run(demo_cfg(tmp_path, "data.folds.n_folds=3"))
+        data_stage.run(demo_cfg(tmp_path, "data.folds.n_folds=4"))
     assert (data_dir / "folds.csv").read_bytes() == before  # a failed run leaves the output intact
 
 
@@ -129,6 +135,6 @@ def test_cli_runs_a_stage_through_hydra(tmp_path):
 def test_cli_names_planned_and_unknown_stages():
     from arena_distill.__main__ import main
 
-    assert main(["teacher"]) == 2
+    assert main(["distill"]) == 2
     assert main(["no_such_stage"]) == 2
     assert main(["--help"]) == 0

@@ -10,13 +10,13 @@ STAGES: dict[str, str] = {
     "data": "arena_distill.stages.data",
     "tiny_models": "arena_distill.stages.tiny_models",
     "tokenize": "arena_distill.stages.tokenize",
+    "pretrain": "arena_distill.stages.pretrain",
+    "teacher": "arena_distill.stages.teacher",
+    "dump_logits": "arena_distill.stages.dump_logits",
 }
 
 # Stages whose configs exist (configs/stage/) but whose code is not in this version yet.
 PLANNED: tuple[str, ...] = (
-    "pretrain",
-    "teacher",
-    "dump_logits",
     "distill",
     "merge",
     "quantize",

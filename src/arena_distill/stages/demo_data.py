@@ -1,7 +1,8 @@
 """Stage ``demo_data``: write the embedded demo set (Kaggle-shaped CSVs), offline and deterministic.
 
 Reads nothing; writes ``stages.demo_data.out_dir`` (default ``data/demo/``): ``train.csv``,
-``test.csv``, ``sample_submission.csv``, ``test_labels.csv`` and ``manifest.json``.
+``test.csv``, ``sample_submission.csv``, ``test_labels.csv``, ``pretrain.csv`` (the demo's
+stand-in for UltraFeedback-as-arena) and ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ def run(cfg: DictConfig) -> Path:
     out_dir = Path(scfg.out_dir)
     timer = StageTimer()
     with atomic_dir(out_dir) as tmp:
-        files = generate_demo(tmp, n_train=scfg.n_train, n_test=scfg.n_test, seed=scfg.seed)
+        files = generate_demo(
+            tmp,
+            n_train=scfg.n_train,
+            n_test=scfg.n_test,
+            n_pretrain=scfg.n_pretrain,
+            seed=scfg.seed,
+        )
         timer.lap("generate")
         write_manifest(
             tmp,

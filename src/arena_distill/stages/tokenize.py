@@ -16,12 +16,10 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
 from arena_distill.config import config_dir
-from arena_distill.data.swap import swap_table
 from arena_distill.data.tableio import load_table
 from arena_distill.io import (
     StageTimer,
@@ -31,7 +29,7 @@ from arena_distill.io import (
     write_json,
     write_manifest,
 )
-from arena_distill.text import PromptConfig, tokenize_cached
+from arena_distill.text import PromptConfig, tokenize_both_orientations
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +45,6 @@ def length_stats(lengths: np.ndarray, max_length: int) -> dict:
         "max": float(q[3]),
         "at_budget": int(np.sum(lengths >= max_length)),
     }
-
-
-def encode_split(
-    df: pd.DataFrame, tokenizer, prompt: PromptConfig, *, cache_dir: Path, data_key: str
-) -> pd.DataFrame:
-    """Both orientations of one table: (id, swapped=False) rows, then (id, swapped=True)."""
-    parts = []
-    for swapped, table in ((False, df), (True, swap_table(df))):
-        enc = tokenize_cached(
-            table, tokenizer, prompt, cache_dir=cache_dir, data_key=f"{data_key}:swapped={swapped}"
-        )
-        parts.append(enc.assign(swapped=swapped)[["id", "swapped", "input_ids", "length"]])
-    return pd.concat(parts, ignore_index=True)
 
 
 def run(cfg: DictConfig) -> Path:
@@ -80,7 +65,7 @@ def run(cfg: DictConfig) -> Path:
                 continue
             inputs.append(path)
             df = load_table(path)
-            enc = encode_split(
+            enc = tokenize_both_orientations(
                 df, tokenizer, prompt, cache_dir=cache_dir, data_key=file_sha256(path)
             )
             enc.to_parquet(tmp / f"{split}.parquet", index=False)

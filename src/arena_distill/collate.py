@@ -1,0 +1,51 @@
+"""Batches of token ids: padding, attention masks, labels, and the padding share they cost."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PreferenceCollator:
+    """Pads a list of examples ``{"input_ids": list[int], "labels": int, ...}`` to one batch.
+
+    Right padding with ``pad_token_id`` (the models pool the last non-pad token, and the pad id
+    is set in their config). A training example may be a *pair* (``{"pair": [ex, ex]}``: the
+    original and A/B-swapped row of the "full swap" augmentation), which is flattened so both
+    land in the same optimiser step. Extra tensor-like fields (e.g. ``teacher_logits``) are
+    stacked. ``real_tokens`` / ``padded_tokens`` count what was computed, for the padding share.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+    real_tokens: int = 0
+    padded_tokens: int = 0
+
+    def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+        flat = [e for ex in examples for e in (ex["pair"] if "pair" in ex else [ex])]
+        longest = max(len(e["input_ids"]) for e in flat)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            longest = (longest + m - 1) // m * m
+        ids = torch.full((len(flat), longest), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(flat), longest), dtype=torch.long)
+        for i, e in enumerate(flat):
+            n = len(e["input_ids"])
+            ids[i, :n] = torch.as_tensor(e["input_ids"], dtype=torch.long)
+            mask[i, :n] = 1
+        self.real_tokens += int(mask.sum())
+        self.padded_tokens += mask.numel()
+        batch = {"input_ids": ids, "attention_mask": mask}
+        for key in flat[0]:
+            if key in ("input_ids", "pair"):
+                continue
+            batch[key] = torch.as_tensor([e[key] for e in flat])
+        return batch
+
+    @property
+    def padding_share(self) -> float:
+        """Share of computed positions that were padding (0 when nothing was collated)."""
+        return 1.0 - self.real_tokens / self.padded_tokens if self.padded_tokens else 0.0

@@ -1,0 +1,316 @@
+"""Build the sequence classifiers every training and prediction stage works on, from a model config.
+
+One function turns a ``configs/model/*.yaml`` mapping into a ready model: the backbone loaded as
+``AutoModelForSequenceClassification`` (3 labels, pooled on the last non-pad token for decoders),
+the attention implementation that keeps Gemma-2's softcapping, optional 4-bit NF4 (QLoRA
+teachers), the optional 2nd-place MLP head, and a LoRA whose head is always fully trained
+(``modules_to_save``). ``init_adapter`` starts a stage from an earlier stage's LoRA with a fresh
+head, as the 1st place did after post-pretraining on UltraFeedback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import (
+    LoraConfig,
+    PeftModel,
+    TaskType,
+    get_peft_model,
+    get_peft_model_state_dict,
+    prepare_model_for_kbit_training,
+    set_peft_model_state_dict,
+)
+from safetensors.torch import load_file
+from torch import nn
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+log = logging.getLogger(__name__)
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+HEAD_NAMES = ("score", "classifier")  # decoders' *ForSequenceClassification, BERT
+GC_KWARGS = {"use_reentrant": False}
+
+
+def _dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_tokenizer(model_cfg: Mapping[str, Any]) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, padding on the right, with a pad token (EOS when it has none).
+
+    ``padding_side`` goes to ``from_pretrained`` because setting the attribute afterwards is not
+    saved with the tokenizer. Llama-3 ships no pad token; the 1st place padded with EOS, which is
+    safe because the classifier pools the last non-pad token and the prompt builder appends EOS
+    itself (an EOS id equal to the pad id is only ever at the end of a row).
+    """
+    tok = AutoTokenizer.from_pretrained(str(model_cfg["name_or_path"]), padding_side="right")
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError(f"tokenizer of {model_cfg['name_or_path']} has neither pad nor EOS")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def resolve_attn_implementation(model_cfg: Mapping[str, Any], device: str | torch.device) -> str:
+    """The attention kernel for ``model_cfg`` on ``device``; an explicit config value wins.
+
+    ``auto``: FlashAttention-2 where it exists (installed, CUDA, compute capability >= 8), which
+    supports Gemma-2's softcapping; otherwise Gemma-2 gets ``eager`` because ``sdpa`` silently
+    drops the attention-logit softcapping in transformers 5.17 (logits differ by ~0.2), and the
+    other decoders and BERT get ``sdpa``.
+    """
+    impl = str(model_cfg.get("attn_implementation") or "auto")
+    if impl != "auto":
+        return impl
+    family = model_cfg["family"]
+    if family == "bert":
+        return "sdpa"
+    dev = torch.device(device)
+    if (
+        importlib.util.find_spec("flash_attn") is not None
+        and dev.type == "cuda"
+        and torch.cuda.is_available()
+        and torch.cuda.get_device_capability(dev)[0] >= 8
+    ):
+        return "flash_attention_2"
+    return "eager" if family == "gemma2" else "sdpa"
+
+
+def head_name(model: nn.Module) -> str:
+    """Attribute name of the classification head: ``score`` (decoders) or ``classifier`` (BERT)."""
+    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    for name in HEAD_NAMES:
+        if isinstance(getattr(inner, name, None), nn.Module):
+            return name
+    raise ValueError(f"{type(inner).__name__} has no classification head among {HEAD_NAMES}")
+
+
+def _mlp_head(old: nn.Module, num_labels: int, dropout: float) -> nn.Sequential:
+    """2nd-place head: Dropout-Linear(h, h/2)-Dropout-GELU-Linear(h/2, labels), on old's device."""
+    h = old.in_features
+    weight = old.weight
+    head = nn.Sequential(
+        nn.Dropout(dropout),
+        nn.Linear(h, h // 2),
+        nn.Dropout(dropout),
+        nn.GELU(),
+        nn.Linear(h // 2, num_labels),
+    )
+    return head.to(device=weight.device, dtype=weight.dtype)
+
+
+def _quantization_config(model_cfg: Mapping[str, Any]) -> BitsAndBytesConfig | None:
+    q = model_cfg.get("quantization")
+    if not q:
+        return None
+    if q.get("type") != "nf4":
+        raise ValueError(f"unsupported quantization {q.get('type')!r}; expected nf4")
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=bool(q.get("double_quant", True)),
+        bnb_4bit_compute_dtype=_dtype(q.get("compute_dtype", "bfloat16")),
+        # ZeRO-3 / FSDP can only shard 4-bit weights stored in a float dtype
+        bnb_4bit_quant_storage=_dtype(q["quant_storage"])
+        if q.get("quant_storage")
+        else torch.uint8,
+    )
+
+
+def load_base_model(
+    model_cfg: Mapping[str, Any],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    device: str | torch.device = "cpu",
+) -> PreTrainedModel:
+    """The backbone as a classifier: dtype, attention, softcapping, NF4 and head from the config."""
+    kwargs: dict[str, Any] = {
+        "num_labels": int(model_cfg.get("num_labels", 3)),
+        "dtype": _dtype(model_cfg.get("dtype", "float32")),
+        "attn_implementation": resolve_attn_implementation(model_cfg, device),
+    }
+    if model_cfg["family"] == "gemma2" and model_cfg.get("softcapping") is False:
+        # 3rd place: softcapping off (+0.002). Config kwargs override config.json on load.
+        kwargs.update(attn_logit_softcapping=None, final_logit_softcapping=None)
+    quant = _quantization_config(model_cfg)
+    if quant is not None:
+        kwargs.update(quantization_config=quant, device_map={"": str(device)})
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(model_cfg["name_or_path"]), **kwargs
+    )
+    if quant is None:
+        model.to(device)
+    # Without pad_token_id the classifier cannot find the last real token of a padded batch.
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model_cfg.get("head", "linear") == "mlp":
+        # The HF forward calls `self.score(hidden)` / `self.classifier(pooled)`: a Sequential
+        # under the same attribute name keeps that call working.
+        name = head_name(model)
+        p = float(model_cfg.get("head_dropout", 0.1))
+        setattr(model, name, _mlp_head(getattr(model, name), kwargs["num_labels"], p))
+    elif model_cfg.get("head", "linear") != "linear":
+        raise ValueError(f"unknown head {model_cfg.get('head')!r}; expected linear or mlp")
+    return model
+
+
+def _lora_config(model_cfg: Mapping[str, Any], head: str) -> LoraConfig:
+    lora = model_cfg["lora"]
+    targets = lora["target_modules"]
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=int(lora["r"]),
+        lora_alpha=int(lora["alpha"]),
+        lora_dropout=float(lora.get("dropout", 0.0)),
+        target_modules=targets if isinstance(targets, str) else list(targets),
+        # all-linear would otherwise also put LoRA on the Linear layers of an MLP head.
+        exclude_modules=rf".*\b{head}\b.*",
+        modules_to_save=[head],
+    )
+
+
+def _is_lora_key(key: str, head: str) -> bool:
+    return "lora_" in key and head not in key.split(".")
+
+
+def load_lora_weights(model: PeftModel, adapter_dir: str | Path) -> int:
+    """Copy the LoRA matrices of a saved adapter into ``model``, dropping its head; the count.
+
+    The 1st place started every stage from the post-pretraining adapter but with a fresh
+    ``score``: only ``lora_*`` tensors are taken. Every LoRA tensor of ``model`` must be found
+    in the file with the same shape; a different rank, alpha or set of target modules is refused
+    with the names involved rather than silently leaving some matrices at their fresh init.
+    """
+    adapter_dir = Path(adapter_dir)
+    ours = model.peft_config["default"]
+    saved = json.loads((adapter_dir / "adapter_config.json").read_text())
+    mine = {"r": ours.r, "lora_alpha": ours.lora_alpha, "target_modules": ours.target_modules}
+    for key, value in mine.items():
+        theirs = saved.get(key)
+        if key == "target_modules":
+            value = {value} if isinstance(value, str) else set(value)
+            theirs = {theirs} if isinstance(theirs, str) else set(theirs or ())
+        if value != theirs:
+            raise ValueError(
+                f"init adapter {adapter_dir}: {key} is {theirs}, the model has {value}"
+            )
+    head = head_name(model)
+    current = get_peft_model_state_dict(model)
+    expected = {k: v.shape for k, v in current.items() if _is_lora_key(k, head)}
+    weights = {
+        k: v
+        for k, v in load_file(adapter_dir / "adapter_model.safetensors").items()
+        if _is_lora_key(k, head)
+    }
+    missing = sorted(expected.keys() - weights.keys())
+    unexpected = sorted(weights.keys() - expected.keys())
+    wrong = sorted(k for k in expected.keys() & weights.keys() if weights[k].shape != expected[k])
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"init adapter {adapter_dir} does not fit the model: missing {missing[:5]} "
+            f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}), "
+            f"wrong shape {wrong[:5]} ({len(wrong)})"
+        )
+    # set_peft_model_state_dict also wants the head (modules_to_save): give it its own fresh one.
+    result = set_peft_model_state_dict(model, {**current, **weights})
+    not_loaded = [k for k in result.unexpected_keys if "lora_" in k]
+    if not_loaded:
+        raise ValueError(f"init adapter {adapter_dir}: tensors not loaded: {not_loaded[:5]}")
+    return len(weights)
+
+
+def build_model(
+    model_cfg: Mapping[str, Any],
+    *,
+    device: str | torch.device = "cpu",
+    train: bool = True,
+    init_adapter: str | Path | None = None,
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """The model of ``model_cfg`` and its tokenizer, ready to train (``train``) or evaluate.
+
+    Training with a ``lora`` section gives a ``PeftModel`` whose trainable parameters are the
+    LoRA matrices and the whole head; without one, full fine-tuning (2nd place). The model is
+    returned in train mode: besides dropout, this matters for bitsandbytes on CPU, whose 4-bit
+    layers repack their weights for good on any forward in eval mode without input grads, after
+    which LoRA gradients are wrong (``from_pretrained`` returns eval mode).
+    """
+    tokenizer = load_tokenizer(model_cfg)
+    model = load_base_model(model_cfg, tokenizer, device=device)
+    if not train:
+        if init_adapter is not None:
+            raise ValueError("init_adapter is for training; use load_for_inference to evaluate")
+        return model.eval(), tokenizer
+    quantized = model_cfg.get("quantization") is not None
+    use_gc = bool(model_cfg.get("gradient_checkpointing", False))
+    if quantized:
+        if not model_cfg.get("lora"):
+            raise ValueError("a 4-bit model can only be trained with LoRA (QLoRA)")
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=use_gc, gradient_checkpointing_kwargs=GC_KWARGS
+        )
+    elif use_gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=GC_KWARGS)
+    if model_cfg.get("lora"):
+        model = get_peft_model(model, _lora_config(model_cfg, head_name(model)))
+        if init_adapter is not None:
+            n = load_lora_weights(model, init_adapter)
+            log.info("initialised %d LoRA tensors from %s (head left fresh)", n, init_adapter)
+    elif init_adapter is not None:
+        raise ValueError("init_adapter needs a lora section in the model config")
+    trainable, total = count_parameters(model)
+    log.info("%s: %d trainable of %d parameters", model_cfg.get("name"), trainable, total)
+    return model.train(), tokenizer
+
+
+def load_for_inference(
+    model_cfg: Mapping[str, Any],
+    adapter_dir: str | Path | None = None,
+    *,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """A trained model in eval mode: the base plus the adapter in ``adapter_dir`` (if any).
+
+    The saved head comes back through the adapter's ``modules_to_save``; the base must be built
+    with the same config (an MLP head must exist before the adapter's weights can fill it).
+    Without ``adapter_dir`` the folder of ``name_or_path`` is the whole model (merged or full).
+    """
+    model, tokenizer = build_model(model_cfg, device=device, train=False)
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    return model.eval(), tokenizer
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; a 4-bit tensor counts its unpacked weights."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if type(p).__name__ == "Params4bit":
+            n *= 2 * p.element_size()  # two 4-bit values per byte of storage
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total

@@ -1,0 +1,123 @@
+"""Stage ``dump_logits``: a teacher's logits for distillation, per fold.
+
+Reads ``${run_dir}/data/`` and the teacher's fold adapters (``stages.teacher.out_dir``).
+Writes ``stages.dump_logits.out_dir`` (default ``${run_dir}/logits/<model>/``):
+``logits.parquet`` with one row per (fold, id, swapped): ``split`` (``train``: the fold's
+training rows, in-sample, as the 1st place used them; ``valid``: out-of-fold, with
+``out_of_fold=true``), ``logit_a, logit_b, logit_tie`` computed on the input in that
+orientation (not mirrored: a swapped training row of the student is matched with the teacher's
+logits on the same swapped input), plus ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from arena_distill.collate import PreferenceCollator
+from arena_distill.config import config_dir
+from arena_distill.data.folds import split_by_fold
+from arena_distill.io import (
+    StageTimer,
+    atomic_dir,
+    require_fresh,
+    require_stage_output,
+    write_manifest,
+)
+from arena_distill.models.factory import load_for_inference
+from arena_distill.stages.common import (
+    data_key,
+    encodings,
+    is_main_process,
+    load_run_data,
+    prompt_config,
+)
+from arena_distill.stages.teacher import fold_dir
+from arena_distill.train import (
+    LOGIT_COLS,
+    PreferenceTrainer,
+    examples_for,
+    inference_arguments,
+    predict_logits,
+)
+
+log = logging.getLogger(__name__)
+
+ORIENTATIONS = {"original": False, "swapped": True}
+
+
+def run(cfg: DictConfig) -> Path:
+    scfg = cfg.stages.dump_logits
+    teacher_dir = require_stage_output(cfg.stages.teacher.out_dir, stage="teacher")
+    out_dir = Path(scfg.out_dir)
+    run_data = load_run_data(cfg)
+    timer = StageTimer()
+    bad = set(scfg.orientations) - set(ORIENTATIONS)
+    if bad:
+        raise ValueError(f"orientations must be among {sorted(ORIENTATIONS)}, got {sorted(bad)}")
+    # the token budget the teacher trained with
+    prompt = prompt_config(cfg, cfg.stages.teacher.get("max_length"))
+    data_files = [run_data.data_dir / f for f in ("train.parquet", "extra.parquet", "folds.csv")]
+    for fold in range(run_data.n_folds):
+        require_fresh(fold_dir(teacher_dir, fold), data_files, stage="teacher")
+    parts = []
+    enc = None
+    for fold in range(run_data.n_folds):
+        model, tokenizer = load_for_inference(cfg.model, fold_dir(teacher_dir, fold) / "adapter")
+        if enc is None:
+            enc = encodings(
+                run_data.labelled,
+                tokenizer,
+                prompt,
+                cfg,
+                data_key(run_data.data_dir / "train.parquet", run_data.data_dir / "extra.parquet"),
+            )
+        trainer = PreferenceTrainer(
+            model=model,
+            args=inference_arguments(out_dir.parent / f".work-{out_dir.name}", scfg.batch_size),
+            data_collator=PreferenceCollator(pad_token_id=tokenizer.pad_token_id),
+        )
+        train_rows, valid_rows = split_by_fold(run_data.labelled, run_data.folds, fold)
+        splits = {"train": train_rows} if scfg.in_sample else {}
+        if scfg.out_of_fold:
+            splits["valid"] = valid_rows
+        for split, rows in splits.items():
+            ids, labels = rows["id"].tolist(), rows["label"].astype(int).tolist()
+            for orientation in scfg.orientations:
+                swapped = ORIENTATIONS[orientation]
+                logits = predict_logits(trainer, examples_for(ids, labels, enc, swapped=swapped))
+                part = pd.DataFrame({"fold": fold, "id": ids, "swapped": swapped, "split": split})
+                part[list(LOGIT_COLS)] = logits
+                parts.append(part)
+        timer.lap(f"fold_{fold}")
+        log.info("fold %d: logits on %s", fold, {k: len(v) for k, v in splits.items()})
+    table = pd.concat(parts, ignore_index=True)
+    if is_main_process():
+        with atomic_dir(out_dir) as tmp:
+            table.to_parquet(tmp / "logits.parquet", index=False)
+            write_manifest(
+                tmp,
+                stage="dump_logits",
+                config={
+                    "model": OmegaConf.to_container(cfg.model, resolve=True),
+                    "stage": OmegaConf.to_container(scfg, resolve=True),
+                },
+                inputs=[teacher_dir / "manifest.json", run_data.data_dir / "folds.csv"],
+                outputs={"rows": len(table), "folds": run_data.n_folds},
+                timer=timer,
+            )
+    log.info("%d teacher logits written to %s", len(table), out_dir)
+    return out_dir
+
+
+@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

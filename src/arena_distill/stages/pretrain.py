@@ -1,0 +1,126 @@
+"""Stage ``pretrain``: post-pretraining on the extra preference sets (UT at full scale).
+
+Reads ``${run_dir}/data/pretrain.parquet`` (the ``data.pretrain`` sets, de-duplicated against
+train). Writes ``stages.pretrain.out_dir`` (default ``${run_dir}/pretrain/<model>/``):
+``adapter/`` (LoRA + head; later stages load the LoRA part and drop the head, as the 1st place
+did), ``metrics.json`` (training loss history, padding share) and ``manifest.json``. One epoch
+at lr 1e-5 in the recipe. Resumes from ``.work/`` checkpoints when restarted.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from transformers import set_seed
+
+from arena_distill.config import config_dir
+from arena_distill.data.tableio import load_table
+from arena_distill.io import (
+    StageInputError,
+    StageTimer,
+    atomic_dir,
+    require_stage_output,
+    write_json,
+    write_manifest,
+)
+from arena_distill.models.factory import build_model, count_parameters, load_tokenizer
+from arena_distill.stages.common import (
+    barrier,
+    data_key,
+    encodings,
+    is_main_process,
+    prompt_config,
+    remove_dir,
+)
+from arena_distill.train import TrainSettings, fit, make_examples
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> Path:
+    scfg = cfg.stages.pretrain
+    out_dir = Path(scfg.out_dir)
+    data_dir = require_stage_output(
+        cfg.stages.data.out_dir, stage="data", files=["pretrain.parquet"]
+    )
+    table = load_table(data_dir / "pretrain.parquet")
+    if table.empty:
+        raise StageInputError(
+            f"{data_dir}/pretrain.parquet has no rows: list post-pretraining sets in "
+            "`data.pretrain` (e.g. UltraFeedback with format=ultrafeedback) and rerun the data stage"
+        )
+    timer = StageTimer()
+    settings = TrainSettings.from_config(scfg)
+    tokenizer = load_tokenizer(cfg.model)
+    prompt = prompt_config(cfg, scfg.get("max_length"))
+    enc = encodings(table, tokenizer, prompt, cfg, data_key(data_dir / "pretrain.parquet"))
+    examples = make_examples(
+        table["id"].tolist(), table["label"].astype(int).tolist(), enc, swap=settings.swap
+    )
+    timer.lap("tokenize")
+    set_seed(settings.seed)
+    model, tokenizer = build_model(cfg.model, train=True)
+    trainable, total = count_parameters(model)
+    log.info(
+        "pretrain %s on %d examples; %d/%d params trainable",
+        cfg.model.name,
+        len(examples),
+        trainable,
+        total,
+    )
+    work = out_dir.parent / f".work-{out_dir.name}"
+    result = fit(model, tokenizer, examples, None, settings, work)
+    timer.lap("train")
+    losses = [h["loss"] for h in result.log_history if "loss" in h]
+    metrics = {
+        "rows": len(table),
+        "examples": len(examples),
+        "steps": result.trainer.state.global_step,
+        "first_logged_loss": losses[0] if losses else None,
+        "last_logged_loss": losses[-1] if losses else None,
+        "padding_share": round(result.padding_share, 4),
+        "resumed_from": result.resumed_from,
+        "trainable_params": trainable,
+        "total_params": total,
+        "history": result.log_history,
+    }
+    final_adapter = work / "final_adapter"
+    result.trainer.save_model(str(final_adapter))
+    if is_main_process():
+        with atomic_dir(out_dir) as tmp:
+            shutil.copytree(final_adapter, tmp / "adapter")
+            write_json(tmp / "metrics.json", metrics)
+            write_manifest(
+                tmp,
+                stage="pretrain",
+                config={
+                    "model": OmegaConf.to_container(cfg.model, resolve=True),
+                    "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
+                    "stage": OmegaConf.to_container(scfg, resolve=True),
+                },
+                inputs=[data_dir / "pretrain.parquet"],
+                outputs={k: metrics[k] for k in ("rows", "steps", "last_logged_loss")},
+                timer=timer,
+            )
+        remove_dir(work)
+    barrier()
+    log.info(
+        "post-pretrain adapter written to %s (loss %s -> %s)",
+        out_dir / "adapter",
+        metrics["first_logged_loss"],
+        metrics["last_logged_loss"],
+    )
+    return out_dir
+
+
+@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,395 @@
+"""The training engine every training stage shares: examples, a Trainer, OOF predictions.
+
+Built on ``transformers.Trainer`` (AdamW, cosine schedule with warmup, gradient accumulation,
+checkpointing, resume, DDP / DeepSpeed / FSDP through accelerate). What this module adds:
+
+- examples from token ids with the swap augmentation of the recipe (``random``: every training
+  row also added A/B-swapped, 1st place; ``full``: original and swapped row in the same
+  optimiser step, 2nd place; ``none``);
+- a pluggable loss (``arena_distill.losses``), so distillation adds teacher terms without
+  touching the loop;
+- length-grouped batches and the padding share they cost;
+- evaluation on the fold's validation rows (original orientation) with the competition metric,
+  the best checkpoint kept;
+- predictions restored to input order, in both orientations (for swap-TTA).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import SequentialSampler
+from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import get_last_checkpoint
+
+from arena_distill.collate import PreferenceCollator
+from arena_distill.data.swap import mirror_probs
+from arena_distill.losses import LossFn, cross_entropy
+from arena_distill.metrics import classification_metrics, log_loss, probs_from_logits
+
+log = logging.getLogger(__name__)
+
+SWAP_MODES = ("random", "full", "none")
+# label after an A/B swap
+SWAP_LABEL = {0: 1, 1: 0, 2: 2}
+
+
+@dataclass
+class TrainSettings:
+    """The optimisation knobs of a training stage (``configs/stage/{pretrain,teacher,distill}.yaml``)."""
+
+    epochs: float = 1.0
+    lr: float = 1e-5
+    global_batch_size: int = 64
+    per_device_batch_size: int = 1
+    per_device_eval_batch_size: int = 8
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"
+    warmup_steps: int = 100
+    swap: str = "random"
+    seed: int = 1234
+    eval_steps: int | None = None  # None: evaluate (and checkpoint) once per epoch
+    save_steps: int | None = None  # checkpoint interval when not evaluating by steps
+    keep_best: bool = True
+    max_steps: int = -1
+    logging_steps: int = 10
+    group_by_length: bool = True
+    bf16: str | bool = "auto"  # auto: on CUDA devices that support it
+    save_total_limit: int = 2
+    extra: dict = field(default_factory=dict)  # extra TrainingArguments (e.g. deepspeed, fsdp)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> TrainSettings:
+        known = {f for f in cls.__dataclass_fields__}
+        kwargs = {k: v for k, v in dict(cfg).items() if k in known}
+        if "betas" in kwargs:
+            kwargs["betas"] = tuple(kwargs["betas"])
+        settings = cls(**kwargs)
+        if settings.swap not in SWAP_MODES:
+            raise ValueError(f"swap must be one of {SWAP_MODES}, got {settings.swap!r}")
+        return settings
+
+
+def examples_for(
+    ids: Sequence[str],
+    labels: Sequence[int],
+    encodings: Mapping[tuple[str, bool], list[int]],
+    *,
+    swapped: bool = False,
+    fields: Callable[[str, bool], dict] | None = None,
+) -> list[dict]:
+    """One example per row in one orientation (label mirrored for the swapped one).
+
+    ``encodings[(id, swapped)]`` holds the token ids; ``fields(id, swapped)`` adds per-example
+    extras, e.g. the teacher logits of distillation.
+    """
+    out = []
+    for rid, label in zip(ids, labels, strict=True):
+        ex = {
+            "input_ids": encodings[(rid, swapped)],
+            "labels": SWAP_LABEL[label] if swapped else label,
+        }
+        if fields is not None:
+            ex.update(fields(rid, swapped))
+        out.append(ex)
+    return out
+
+
+def make_examples(
+    ids: Sequence[str],
+    labels: Sequence[int],
+    encodings: Mapping[tuple[str, bool], list[int]],
+    *,
+    swap: str,
+    fields: Callable[[str, bool], dict] | None = None,
+) -> list[dict]:
+    """Training examples with the swap augmentation ``swap`` (``random`` / ``full`` / ``none``)."""
+    if swap not in SWAP_MODES:
+        raise ValueError(f"swap must be one of {SWAP_MODES}, got {swap!r}")
+    original = examples_for(ids, labels, encodings, swapped=False, fields=fields)
+    if swap == "none":
+        return original
+    swapped = examples_for(ids, labels, encodings, swapped=True, fields=fields)
+    if swap == "random":
+        return original + swapped  # the sampler shuffles
+    # full: both orientations in one example, so they land in the same optimiser step;
+    # "input_ids" is the longer member's, so length grouping sees the real cost
+    return [
+        {"pair": [o, w], "input_ids": max(o["input_ids"], w["input_ids"], key=len)}
+        for o, w in zip(original, swapped, strict=True)
+    ]
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from ``seed + epoch`` rather than the global RNG.
+
+    transformers' ``LengthGroupedSampler`` draws its permutation from the global torch RNG
+    when the epoch starts; a run resumed from a checkpoint reaches that point in another RNG
+    state and would see other batches than the run it continues. Seeding per epoch makes the
+    order a function of (seed, epoch) alone, so a resumed run is the uninterrupted run.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed + epoch)
+
+
+class PreferenceTrainer(Trainer):
+    """``Trainer`` with a pluggable loss and evaluation in dataset order.
+
+    Training batches go through ``loss_fn``; evaluation always reports plain cross-entropy on
+    the hard labels (the competition metric is computed from the returned logits).
+    """
+
+    def __init__(self, *args, loss_fn: LossFn = cross_entropy, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_fn = loss_fn
+        # our loss is a mean over the micro-batch: let the Trainer divide by accumulation steps
+        self.model_accepts_loss_kwargs = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        loss_fn = self.loss_fn if model.training else cross_entropy
+        loss = loss_fn(outputs.logits, inputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or dataset is None:
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return EpochSeededLengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            [len(e["input_ids"]) for e in dataset],
+            seed,
+        )
+
+    def _get_eval_sampler(self, eval_dataset):
+        # Length grouping would shuffle evaluation; predictions must stay in dataset order
+        # (callers sort by length beforehand when they want speed).
+        if self.args.world_size <= 1:
+            return SequentialSampler(eval_dataset)
+        return None
+
+
+def _compute_metrics(pred: EvalPrediction) -> dict[str, float]:
+    logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+    return classification_metrics(logits, pred.label_ids)
+
+
+class SimulatedKill(RuntimeError):
+    """Raised by ``KillAfterSave``: the process "dies" right after a checkpoint was written."""
+
+
+class KillAfterSave(TrainerCallback):
+    """Dies at the first checkpoint written at or after ``step`` (tests of resume: what a
+    SIGKILL after a save leaves behind, with nothing run after it)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            raise SimulatedKill(f"killed after the checkpoint of step {state.global_step}")
+        return control
+
+
+def ddp_backend() -> str | None:
+    """gloo for multi-process CPU runs (torchrun / accelerate launch); None otherwise.
+
+    accelerate treats an explicit backend as "distributed" and asks for the world size of a
+    process group that a single process never created, so single runs must pass None.
+    """
+    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return "gloo" if multi and not torch.cuda.is_available() else None
+
+
+def training_arguments(
+    settings: TrainSettings, work_dir: Path, *, world_size: int = 1, has_eval: bool = True
+) -> TrainingArguments:
+    per_step = settings.per_device_batch_size * max(1, world_size)
+    if settings.swap == "full":  # a pair is two rows
+        per_step *= 2
+    accumulation = max(1, round(settings.global_batch_size / per_step))
+    if settings.global_batch_size % per_step:
+        log.warning(
+            "global batch %d is not a multiple of %d rows per step; using %d accumulation steps",
+            settings.global_batch_size,
+            per_step,
+            accumulation,
+        )
+    cuda = torch.cuda.is_available()
+    bf16 = settings.bf16 is True or (
+        settings.bf16 == "auto" and cuda and torch.cuda.is_bf16_supported()
+    )
+    by_steps = settings.eval_steps is not None
+    strategy = "steps" if by_steps else "epoch"
+    if not has_eval:
+        eval_strategy = "no"
+        save_strategy = "steps" if settings.save_steps else "epoch"
+    else:
+        eval_strategy = save_strategy = strategy
+    return TrainingArguments(
+        output_dir=str(work_dir),
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        learning_rate=settings.lr,
+        per_device_train_batch_size=settings.per_device_batch_size,
+        per_device_eval_batch_size=settings.per_device_eval_batch_size,
+        gradient_accumulation_steps=accumulation,
+        adam_beta1=settings.betas[0],
+        adam_beta2=settings.betas[1],
+        weight_decay=settings.weight_decay,
+        lr_scheduler_type=settings.scheduler,
+        warmup_steps=settings.warmup_steps,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        eval_strategy=eval_strategy,
+        eval_steps=settings.eval_steps,
+        save_strategy=save_strategy,
+        save_steps=settings.eval_steps if by_steps else settings.save_steps,
+        save_total_limit=settings.save_total_limit,
+        load_best_model_at_end=has_eval and settings.keep_best,
+        metric_for_best_model="log_loss" if has_eval else None,
+        greater_is_better=False,
+        logging_strategy="steps",
+        logging_steps=settings.logging_steps,
+        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
+        bf16=bf16,
+        use_cpu=not cuda,
+        ddp_backend=ddp_backend(),
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        report_to="none",
+        disable_tqdm=False,
+        **settings.extra,
+    )
+
+
+def inference_arguments(work_dir: str | Path, batch_size: int = 8) -> TrainingArguments:
+    """Arguments for a prediction-only ``PreferenceTrainer`` (logit dumps, OOF of loaded models)."""
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(work_dir),
+        per_device_eval_batch_size=batch_size,
+        bf16_full_eval=cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        ddp_backend=ddp_backend(),
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        report_to="none",
+    )
+
+
+@dataclass
+class TrainResult:
+    trainer: PreferenceTrainer
+    collator: PreferenceCollator
+    resumed_from: str | None
+    log_history: list[dict]
+
+    @property
+    def padding_share(self) -> float:
+        return self.collator.padding_share
+
+
+def fit(
+    model,
+    tokenizer,
+    train_examples: list[dict],
+    eval_examples: list[dict] | None,
+    settings: TrainSettings,
+    work_dir: str | Path,
+    *,
+    loss_fn: LossFn = cross_entropy,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> TrainResult:
+    """Train ``model`` (a LoRA model from ``models.factory.build_model``), resuming from the
+    newest checkpoint in ``work_dir`` when there is one (a killed run restarted with the same
+    command continues where it stopped)."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    collator = PreferenceCollator(pad_token_id=tokenizer.pad_token_id)
+    args = training_arguments(settings, work_dir, has_eval=bool(eval_examples))
+    trainer = PreferenceTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_examples,
+        eval_dataset=eval_examples or None,
+        data_collator=collator,
+        compute_metrics=_compute_metrics if eval_examples else None,
+        loss_fn=loss_fn,
+        callbacks=list(callbacks) or None,
+    )
+    last = get_last_checkpoint(str(work_dir)) if any(work_dir.glob("checkpoint-*")) else None
+    if last:
+        log.info("resuming from %s", last)
+    trainer.train(resume_from_checkpoint=last)
+    log.info("padding share of training batches: %.3f", collator.padding_share)
+    return TrainResult(trainer, collator, last, list(trainer.state.log_history))
+
+
+def predict_logits(trainer: Trainer, examples: Sequence[dict]) -> np.ndarray:
+    """Logits (N, 3) for ``examples`` in their order; computed in length-sorted batches."""
+    if not examples:
+        return np.zeros((0, 3), dtype=np.float32)
+    order = np.argsort([len(e["input_ids"]) for e in examples], kind="stable")
+    sorted_examples = [
+        {"input_ids": examples[i]["input_ids"], "labels": examples[i].get("labels", 0)}
+        for i in order
+    ]
+    out = trainer.predict(sorted_examples)
+    logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
+    restored = np.empty_like(logits)
+    restored[order] = logits
+    return restored.astype(np.float32)
+
+
+LOGIT_COLS = ("logit_a", "logit_b", "logit_tie")
+PROB_COLS = ("p_a", "p_b", "p_tie")
+SWAP_LOGIT_COLS = ("swap_logit_a", "swap_logit_b", "swap_logit_tie")
+TTA_PROB_COLS = ("tta_p_a", "tta_p_b", "tta_p_tie")
+
+
+def prediction_table(
+    ids: Sequence[str],
+    logits: np.ndarray,
+    swapped_logits: np.ndarray | None = None,
+    **columns,
+) -> pd.DataFrame:
+    """One row per id: logits and probabilities, and with ``swapped_logits`` (computed on the
+    A/B-swapped inputs) those mirrored back plus the swap-TTA average of probabilities."""
+    df = pd.DataFrame({"id": list(ids), **columns})
+    df[list(LOGIT_COLS)] = logits
+    probs = probs_from_logits(logits)
+    df[list(PROB_COLS)] = probs
+    if swapped_logits is not None:
+        mirrored = mirror_probs(swapped_logits)
+        df[list(SWAP_LOGIT_COLS)] = mirrored
+        df[list(TTA_PROB_COLS)] = (probs + probs_from_logits(mirrored)) / 2
+    return df
+
+
+def score_predictions(df: pd.DataFrame) -> dict[str, float]:
+    """log loss / accuracy of a prediction table with a ``label`` column (and TTA if present)."""
+    labels = df["label"].to_numpy(dtype=np.int64)
+    out = classification_metrics(df[list(LOGIT_COLS)].to_numpy(), labels)
+    if set(TTA_PROB_COLS) <= set(df.columns):
+        out["log_loss_tta"] = log_loss(df[list(TTA_PROB_COLS)].to_numpy(), labels)
+    out["rows"] = int(len(df))
+    return out

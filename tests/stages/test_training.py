@@ -1,0 +1,318 @@
+"""Integration: post-pretrain, per-fold teachers, logit dump, resume, QLoRA and two processes,
+on a small demo set with tiny models (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from arena_distill.collate import PreferenceCollator
+from arena_distill.config import compose
+from arena_distill.data.folds import read_folds, split_by_fold
+from arena_distill.models.factory import build_model, load_for_inference
+from arena_distill.stages import data as data_stage
+from arena_distill.stages import demo_data, dump_logits, pretrain, teacher, tiny_models
+from arena_distill.stages.common import data_key, encodings, load_run_data, prompt_config
+from arena_distill.train import (
+    LOGIT_COLS,
+    KillAfterSave,
+    PreferenceTrainer,
+    SimulatedKill,
+    TrainSettings,
+    examples_for,
+    fit,
+    inference_arguments,
+    make_examples,
+    predict_logits,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN = "stages.teacher"
+
+
+def overrides(root: Path) -> list[str]:
+    small = "{epochs: 2, lr: 3.0e-3, global_batch_size: 16, per_device_batch_size: 16, warmup_steps: 2, logging_steps: 2, per_device_eval_batch_size: 32}"
+    return [
+        "experiment=demo",
+        "model=tiny_llama",
+        f"runs_root={root}/runs",
+        f"stages.demo_data.out_dir={root}/demo",
+        "stages.demo_data.n_train=150",
+        "stages.demo_data.n_test=10",
+        "stages.demo_data.n_pretrain=48",
+        "stages.tiny_models.vocab_size=512",
+        "stages.tiny_models.hidden_size=64",
+        "stages.tiny_models.intermediate_size=128",
+        "prompt.max_length=128",
+        f"+stages.pretrain_small={small}",
+    ]
+
+
+def cfg_for(root: Path, *extra: str):
+    cfg = compose([*overrides(root), *extra])
+    # the small optimisation settings for both training stages
+    small = cfg.stages.pretrain_small
+    for stage in ("pretrain", "teacher"):
+        OmegaConf.update(cfg, f"stages.{stage}", small, merge=True)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """demo data -> data -> tiny models -> pretrain -> teacher (3 folds) -> logit dump."""
+    root = tmp_path_factory.mktemp("training")
+    cfg = cfg_for(root)
+    demo_data.run(cfg)
+    data_stage.run(cfg)
+    tiny_models.run(cfg)
+    pretrain.run(cfg)
+    teacher.run(cfg)
+    dump_logits.run(cfg)
+    return root, cfg
+
+
+def test_pretrain_writes_an_adapter_with_its_history(run):
+    _, cfg = run
+    out = Path(cfg.stages.pretrain.out_dir)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert metrics["rows"] == 48 and metrics["examples"] == 96  # random swap doubles the rows
+    assert metrics["steps"] == 12  # 96 examples / 16 per step, 2 epochs
+    assert json.loads((out / "manifest.json").read_text())["stage"] == "pretrain"
+
+
+def test_teacher_oof_covers_every_validation_id_once(run):
+    _, cfg = run
+    out = Path(cfg.stages.teacher.out_dir)
+    folds = read_folds(Path(cfg.stages.data.out_dir) / "folds.csv")
+    cv = folds[folds["split"] == "cv"]
+    oof = pd.read_parquet(out / "oof.parquet")
+    assert not oof["id"].duplicated().any()
+    assert set(oof["id"]) == set(cv["id"])
+    assert (
+        oof.set_index("id")["fold"] == cv.set_index("id")["fold"].loc[oof["id"]].to_numpy()
+    ).all()
+    for k in range(3):
+        fold_oof = pd.read_parquet(out / f"fold_{k}" / "oof.parquet")
+        assert set(fold_oof["id"]) == set(cv.loc[cv["fold"] == k, "id"])
+    np.testing.assert_allclose(oof[["p_a", "p_b", "p_tie"]].sum(1), 1.0, rtol=1e-6)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["fold_log_loss"]) == 3 and metrics["oof"]["rows"] == len(cv)
+    fold0 = json.loads((out / "fold_0" / "metrics.json").read_text())
+    assert 0.0 <= fold0["padding_share"] < 0.5
+    assert fold0["best_checkpoint"] and fold0["history"]
+    # the fold started from the post-pretrain adapter
+    manifest = json.loads((out / "fold_0" / "manifest.json").read_text())
+    assert any("pretrain" in i["path"] for i in manifest["inputs"])
+
+
+def test_adapter_reloads_and_reproduces_its_oof_predictions(run):
+    _, cfg = run
+    out = Path(cfg.stages.teacher.out_dir)
+    model, tok = load_for_inference(cfg.model, out / "fold_1" / "adapter")
+    rd = load_run_data(cfg)
+    enc = encodings(
+        rd.labelled,
+        tok,
+        prompt_config(cfg),
+        cfg,
+        data_key(rd.data_dir / "train.parquet", rd.data_dir / "extra.parquet"),
+    )
+    oof = pd.read_parquet(out / "fold_1" / "oof.parquet")
+    trainer = PreferenceTrainer(
+        model=model,
+        args=inference_arguments(out / ".check", 7),
+        data_collator=PreferenceCollator(pad_token_id=tok.pad_token_id),
+    )
+    logits = predict_logits(trainer, examples_for(oof["id"].tolist(), oof["label"].tolist(), enc))
+    np.testing.assert_allclose(logits, oof[list(LOGIT_COLS)].to_numpy(), atol=1e-5)
+
+
+def test_dump_logits_in_sample_both_orientations(run):
+    _, cfg = run
+    table = pd.read_parquet(Path(cfg.stages.dump_logits.out_dir) / "logits.parquet")
+    rd = load_run_data(cfg)
+    for k in range(3):
+        train_rows, _ = split_by_fold(rd.labelled, rd.folds, k)
+        part = table[table["fold"] == k]
+        assert set(part["split"]) == {"train"}
+        for swapped in (False, True):
+            ids = part.loc[part["swapped"] == swapped, "id"]
+            assert sorted(ids) == sorted(train_rows["id"])
+    assert np.isfinite(table[list(LOGIT_COLS)].to_numpy()).all()
+    # swapped inputs are not mirrored copies: the teacher really saw B first
+    one = table[table["fold"] == 0].pivot_table(index="id", columns="swapped", values="logit_a")
+    assert not np.allclose(one[False], one[True])
+
+
+def test_training_lowers_the_loss_on_demo_data(run):
+    root, cfg = run
+    rd = load_run_data(cfg)
+    model, tok = build_model(cfg.model, train=True)
+    enc = encodings(
+        rd.labelled,
+        tok,
+        prompt_config(cfg),
+        cfg,
+        data_key(rd.data_dir / "train.parquet", rd.data_dir / "extra.parquet"),
+    )
+    rows = rd.train
+    ids, labels = rows["id"].tolist(), rows["label"].astype(int).tolist()
+    examples = examples_for(ids, labels, enc)
+    probe = PreferenceTrainer(
+        model=model,
+        args=inference_arguments(root / "probe", 32),
+        data_collator=PreferenceCollator(pad_token_id=tok.pad_token_id),
+    )
+    before = probe.evaluate(examples)["eval_loss"]
+    settings = TrainSettings(
+        epochs=4,
+        lr=3e-3,
+        global_batch_size=16,
+        per_device_batch_size=16,
+        warmup_steps=2,
+        swap="random",
+        logging_steps=5,
+    )
+    result = fit(
+        model, tok, make_examples(ids, labels, enc, swap="random"), None, settings, root / "learn"
+    )
+    model.eval()
+    after = probe.evaluate(examples)["eval_loss"]
+    assert after < before - 0.05, (before, after)
+    losses = [h["loss"] for h in result.log_history if "loss" in h]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+@pytest.mark.parametrize(
+    ("eval_steps", "kill_at"),
+    [(None, 12), (4, 4)],
+    ids=["epoch-boundary", "mid-epoch"],
+)
+def test_resume_after_a_kill_reaches_the_same_result(run, eval_steps, kill_at):
+    """A run killed right after a checkpoint and restarted with the same command ends exactly
+    where the uninterrupted run ends (24 steps: 2 epochs of 12)."""
+    root, cfg = run
+    extra = [] if eval_steps is None else [f"stages.teacher.eval_steps={eval_steps}"]
+    rd = load_run_data(cfg)
+    _, tok = build_model(cfg.model, train=False)
+    enc = encodings(
+        rd.labelled,
+        tok,
+        prompt_config(cfg),
+        cfg,
+        data_key(rd.data_dir / "train.parquet", rd.data_dir / "extra.parquet"),
+    )
+
+    def train(name: str, callbacks=()):
+        out = root / f"resume-{name}-{kill_at}"
+        cfg2 = cfg_for(root, f"stages.teacher.out_dir={out}", *extra)
+        metrics = teacher.train_fold(
+            cfg2,
+            rd,
+            0,
+            enc,
+            stage="teacher",
+            scfg=cfg2.stages.teacher,
+            out_dir=out,
+            init_adapter=teacher.pretrain_adapter(cfg2),
+            callbacks=callbacks,
+        )
+        return out, metrics
+
+    ref_dir, reference = train("reference")
+    with pytest.raises(SimulatedKill):
+        train("killed", [KillAfterSave(kill_at)])
+    out = root / f"resume-killed-{kill_at}"
+    assert not (out / "fold_0").exists()  # nothing half-written where finished folds go
+    assert [p.name for p in (out / ".work" / "fold_0").glob("checkpoint-*")][
+        -1
+    ] == f"checkpoint-{kill_at}"
+    _, metrics = train("killed")  # the same command again
+    assert metrics["resumed_from"].endswith(f"checkpoint-{kill_at}")
+    assert metrics["steps"] == reference["steps"] == 24
+    assert metrics["log_loss"] == pytest.approx(reference["log_loss"], abs=1e-5)
+    a = pd.read_parquet(out / "fold_0" / "oof.parquet")[list(LOGIT_COLS)].to_numpy()
+    b = pd.read_parquet(ref_dir / "fold_0" / "oof.parquet")[list(LOGIT_COLS)].to_numpy()
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_qlora_trains_through_the_trainer_on_cpu(run):
+    """nf4 + double quant through the same fit(); no evaluation between steps (STACK.md: an
+    eval forward repacks 4-bit weights on CPU and corrupts later LoRA gradients)."""
+    root, cfg = run
+    mcfg = OmegaConf.merge(
+        cfg.model,
+        {"quantization": {"type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"}},
+    )
+    model, tok = build_model(mcfg, train=True)
+    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    rd = load_run_data(cfg)
+    enc = encodings(
+        rd.labelled,
+        tok,
+        prompt_config(cfg),
+        cfg,
+        data_key(rd.data_dir / "train.parquet", rd.data_dir / "extra.parquet"),
+    )
+    rows = rd.train.iloc[:24]
+    examples = make_examples(
+        rows["id"].tolist(), rows["label"].astype(int).tolist(), enc, swap="none"
+    )
+    settings = TrainSettings(
+        max_steps=3,
+        lr=1e-3,
+        global_batch_size=8,
+        per_device_batch_size=8,
+        warmup_steps=0,
+        logging_steps=1,
+    )
+    result = fit(model, tok, examples, None, settings, root / "qlora")
+    losses = [h["loss"] for h in result.log_history if "loss" in h]
+    assert len(losses) == 3 and np.isfinite(losses).all()
+    changed = [
+        n
+        for n, p in model.named_parameters()
+        if n in lora_before and not torch.equal(p, lora_before[n])
+    ]
+    assert changed and len(changed) == len(lora_before)
+
+
+def test_two_processes_with_torchrun(run):
+    root, cfg = run
+    out = root / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "arena_distill",
+        "teacher",
+        *overrides(root),
+        f"stages.teacher.out_dir={out}",
+        "stages.teacher.folds=1",
+        "stages.teacher.init_from_pretrain=false",
+        "stages.teacher.epochs=1",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rd = load_run_data(cfg)
+    _, valid = split_by_fold(rd.labelled, rd.folds, 1)
+    oof = pd.read_parquet(out / "fold_1" / "oof.parquet")
+    assert sorted(oof["id"]) == sorted(valid["id"]) and not oof["id"].duplicated().any()
+    metrics = json.loads((out / "fold_1" / "metrics.json").read_text())
+    # 2 processes x 16 rows per step: half the single-process steps
+    assert metrics["steps"] == int(np.ceil(metrics["train_examples"] / 32))
+    assert "world_size" not in metrics or metrics["world_size"] == 2

@@ -1,0 +1,137 @@
+"""The training engine's exact parts: examples, collation, losses, metrics, prediction tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import log_loss as sk_log_loss
+
+from arena_distill.collate import PreferenceCollator
+from arena_distill.losses import cross_entropy
+from arena_distill.metrics import (
+    accuracy,
+    class_prior,
+    log_loss,
+    log_loss_from_logits,
+    prior_log_loss,
+    probs_from_logits,
+)
+from arena_distill.train import (
+    TrainSettings,
+    examples_for,
+    make_examples,
+    prediction_table,
+    score_predictions,
+    training_arguments,
+)
+
+ENC = {
+    ("a", False): [1, 2, 3],
+    ("a", True): [1, 3, 2],
+    ("b", False): [4, 5],
+    ("b", True): [5, 4, 9, 9],
+}
+
+
+def test_examples_for_mirrors_labels_of_swapped_rows():
+    assert examples_for(["a", "b"], [0, 2], ENC) == [
+        {"input_ids": [1, 2, 3], "labels": 0},
+        {"input_ids": [4, 5], "labels": 2},
+    ]
+    assert examples_for(["a", "b"], [0, 1], ENC, swapped=True) == [
+        {"input_ids": [1, 3, 2], "labels": 1},
+        {"input_ids": [5, 4, 9, 9], "labels": 0},
+    ]
+    extra = examples_for(["a"], [1], ENC, swapped=True, fields=lambda i, s: {"tag": f"{i}{s}"})
+    assert extra == [{"input_ids": [1, 3, 2], "labels": 0, "tag": "aTrue"}]
+
+
+def test_swap_modes():
+    none = make_examples(["a", "b"], [0, 1], ENC, swap="none")
+    random = make_examples(["a", "b"], [0, 1], ENC, swap="random")
+    full = make_examples(["a", "b"], [0, 1], ENC, swap="full")
+    assert len(none) == 2 and len(random) == 4 and len(full) == 2
+    assert [e["labels"] for e in random] == [0, 1, 1, 0]
+    assert [[m["labels"] for m in e["pair"]] for e in full] == [[0, 1], [1, 0]]
+    # a pair reports its longer member's ids, for length grouping
+    assert full[1]["input_ids"] == [5, 4, 9, 9]
+    with pytest.raises(ValueError, match="swap must be one of"):
+        make_examples(["a"], [0], ENC, swap="sideways")
+
+
+def test_collator_pads_flattens_pairs_and_counts_padding():
+    collate = PreferenceCollator(pad_token_id=0)
+    batch = collate(make_examples(["a", "b"], [0, 1], ENC, swap="full"))
+    assert batch["input_ids"].tolist() == [
+        [1, 2, 3, 0],
+        [1, 3, 2, 0],
+        [4, 5, 0, 0],
+        [5, 4, 9, 9],
+    ]
+    assert batch["attention_mask"].sum(1).tolist() == [3, 3, 2, 4]
+    assert batch["labels"].tolist() == [0, 1, 1, 0]
+    assert collate.padding_share == pytest.approx(1 - 12 / 16)
+    batch = collate([{"input_ids": [1], "labels": 2, "teacher_logits": [0.1, 0.2, 0.3]}])
+    assert batch["teacher_logits"].shape == (1, 3)
+    assert PreferenceCollator(pad_token_id=0, pad_to_multiple_of=8)(
+        [{"input_ids": [1, 2, 3], "labels": 0}]
+    )["input_ids"].shape == (1, 8)
+
+
+def test_metrics_match_sklearn():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(50, 3))
+    labels = rng.integers(0, 3, size=50)
+    probs = probs_from_logits(logits)
+    assert log_loss(probs, labels) == pytest.approx(sk_log_loss(labels, probs, labels=[0, 1, 2]))
+    assert log_loss_from_logits(logits, labels) == pytest.approx(log_loss(probs, labels))
+    assert accuracy(probs, labels) == pytest.approx(np.mean(probs.argmax(1) == labels))
+    assert class_prior(np.array([0, 0, 1, 2])).tolist() == [0.5, 0.25, 0.25]
+    assert prior_log_loss(np.array([0, 1, 2]), np.array([0, 1])) == pytest.approx(np.log(3))
+    ce = cross_entropy(torch.tensor(logits), {"labels": torch.tensor(labels)})
+    assert float(ce) == pytest.approx(log_loss_from_logits(logits, labels))
+
+
+def test_prediction_table_mirrors_swapped_logits_and_averages_probabilities():
+    logits = np.array([[2.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    # the model saw B first: its "A" logit belongs to the original B
+    swapped = np.array([[0.0, 2.0, 1.0], [1.0, -1.0, 0.0]])
+    df = prediction_table(["x", "y"], logits, swapped, label=[0, 1])
+    np.testing.assert_allclose(
+        df[["swap_logit_a", "swap_logit_b", "swap_logit_tie"]], [[2, 0, 1], [-1, 1, 0]]
+    )
+    # row x: both orientations agree, so TTA equals either
+    np.testing.assert_allclose(
+        df.loc[0, ["tta_p_a", "tta_p_b", "tta_p_tie"]], df.loc[0, ["p_a", "p_b", "p_tie"]]
+    )
+    np.testing.assert_allclose(df[["tta_p_a", "tta_p_b", "tta_p_tie"]].sum(1), 1.0)
+    scores = score_predictions(df)
+    assert scores["rows"] == 2 and scores["log_loss"] == pytest.approx(
+        log_loss_from_logits(logits, [0, 1])
+    )
+    assert "log_loss_tta" in scores
+
+
+def test_training_arguments_follow_the_settings(tmp_path):
+    s = TrainSettings.from_config(
+        {
+            "lr": 5e-5,
+            "global_batch_size": 64,
+            "per_device_batch_size": 4,
+            "betas": [0.9, 0.95],
+            "unused": 1,
+        }
+    )
+    args = training_arguments(s, tmp_path)
+    assert args.gradient_accumulation_steps == 16
+    assert (args.adam_beta1, args.adam_beta2, args.learning_rate) == (0.9, 0.95, 5e-5)
+    assert args.lr_scheduler_type == "cosine" and args.warmup_steps == 100
+    assert args.load_best_model_at_end and args.metric_for_best_model == "log_loss"
+    assert not args.greater_is_better
+    full = training_arguments(
+        TrainSettings(global_batch_size=64, per_device_batch_size=4, swap="full"), tmp_path
+    )
+    assert full.gradient_accumulation_steps == 8  # a pair is two rows
+    with pytest.raises(ValueError, match="swap"):
+        TrainSettings.from_config({"swap": "both"})
