@@ -20,11 +20,13 @@ MODEL ?=
 FOLD ?=
 config_value = $(shell $(PY) -m arena_distill.config $(1) $(2))
 TEACHERS = $(or $(MODEL),$(call config_value,pipeline.teachers,$(ARGS)))
+STUDENT = $(or $(MODEL),$(call config_value,pipeline.student,$(ARGS)))
 PRETRAIN_MODELS = $(or $(MODEL),$(call config_value,pipeline.teachers,$(ARGS)) $(call config_value,pipeline.student,$(ARGS)))
 FOLD_ARG = $(if $(FOLD),stages.teacher.folds=$(FOLD))
+DISTILL_FOLD_ARG = $(if $(FOLD),stages.distill.folds=$(FOLD))
 
 .PHONY: help setup test test-slow test-all lint format demo demo-data data tiny-models tokenize \
-	pretrain train-teacher dump-logits clean
+	pretrain train-teacher dump-logits distill clean
 
 help:
 	@echo "make setup      create $(VENV) and install the package with the dev extra"
@@ -33,7 +35,7 @@ help:
 	@echo "make demo       the whole pipeline on the embedded demo (CPU, tiny models)"
 	@echo "make lint       ruff"
 	@echo "stages (ARGS=\"hydra overrides\"): demo-data data tiny-models tokenize"
-	@echo "  pretrain train-teacher dump-logits (MODEL=name, FOLD=k, LAUNCH=\"accelerate launch ...\")"
+	@echo "  pretrain train-teacher dump-logits distill (MODEL=name, FOLD=k, LAUNCH=\"accelerate launch ...\")"
 
 setup: $(STAMP)
 
@@ -83,6 +85,10 @@ train-teacher: setup
 dump-logits: setup
 	for m in $(TEACHERS); do $(TRAIN_STAGE) dump_logits $(ARGS) model=$$m || exit 1; done
 
+# the student (pipeline.student) over all folds, distilled from every teacher's logits
+distill: setup
+	$(TRAIN_STAGE) distill $(ARGS) model=$(STUDENT) $(DISTILL_FOLD_ARG)
+
 # --- the embedded default, end to end -------------------------------------------------------
 demo: setup
 	$(STAGE) demo_data $(DEMO)
@@ -92,8 +98,9 @@ demo: setup
 	$(MAKE) --no-print-directory pretrain ARGS="$(DEMO)"
 	$(MAKE) --no-print-directory train-teacher ARGS="$(DEMO)"
 	$(MAKE) --no-print-directory dump-logits ARGS="$(DEMO)"
-	@echo "demo run folder: runs/demo (data/ models/ tokens/ pretrain/ teachers/ logits/);"
-	@echo "teacher OOF log loss: runs/demo/teachers/*/metrics.json; see docs/ARCHITECTURE.md"
+	$(MAKE) --no-print-directory distill ARGS="$(DEMO)"
+	@echo "demo run folder: runs/demo (data/ models/ tokens/ pretrain/ teachers/ logits/ students/);"
+	@echo "OOF log loss: runs/demo/{teachers,students}/*/metrics.json; see docs/ARCHITECTURE.md"
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache .ruff_cache

@@ -135,3 +135,54 @@ def test_training_arguments_follow_the_settings(tmp_path):
     assert full.gradient_accumulation_steps == 8  # a pair is two rows
     with pytest.raises(ValueError, match="swap"):
         TrainSettings.from_config({"swap": "both"})
+
+
+def test_distill_loss_is_the_first_place_formula_at_t1():
+    from arena_distill.losses import DistillLoss
+
+    torch.manual_seed(0)
+    s = torch.randn(6, 3, requires_grad=True)
+    t = torch.randn(6, 2, 3)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    batch = {"labels": y, "teacher_logits": t}
+    kl = torch.nn.KLDivLoss(reduction="batchmean")
+    cos = torch.nn.CosineEmbeddingLoss()
+    ones = torch.ones(6)
+    expected = torch.nn.functional.cross_entropy(s, y)
+    for i in range(2):
+        p_t = torch.softmax(t[:, i], -1)
+        expected = (
+            expected + kl(torch.log_softmax(s, -1), p_t) + cos(p_t, torch.softmax(s, -1), ones)
+        )
+    expected = expected / 5
+    loss = DistillLoss(2)(s, batch)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all()
+
+
+def test_distill_loss_temperature_weights_and_errors():
+    from arena_distill.losses import DistillLoss
+
+    torch.manual_seed(1)
+    s, t = torch.randn(4, 3), torch.randn(4, 1, 3)
+    y = torch.tensor([0, 1, 2, 2])
+    batch = {"labels": y, "teacher_logits": t}
+    # a student equal to its teacher has no KL / cosine loss at any temperature
+    same = DistillLoss(1, temperature=3.0).terms(t[:, 0], {"labels": y, "teacher_logits": t})
+    assert float(same["kl_0"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(same["cos_0"]) == pytest.approx(0.0, abs=1e-6)
+    terms = DistillLoss(1, temperature=2.0).terms(s, batch)
+    p_t = torch.softmax(t[:, 0] / 2, -1)
+    kl = torch.nn.functional.kl_div(torch.log_softmax(s / 2, -1), p_t, reduction="batchmean") * 4
+    torch.testing.assert_close(terms["kl_0"], kl)
+    # weights kl = cos = 0: plain cross-entropy
+    ce_only = DistillLoss(1, kl=0.0, cos=0.0)(s, batch)
+    torch.testing.assert_close(ce_only, cross_entropy(s, batch))
+    t1 = DistillLoss(1).terms(s, batch)
+    unnormalised = DistillLoss(1, normalise=False)(s, batch)
+    torch.testing.assert_close(unnormalised, t1["ce"] + t1["kl_0"] + t1["cos_0"])
+    with pytest.raises(ValueError, match="teacher_logits has shape"):
+        DistillLoss(2)(s, batch)
+    with pytest.raises(ValueError, match="temperature"):
+        DistillLoss(1, temperature=0)

@@ -16,11 +16,9 @@ import torch
 from omegaconf import OmegaConf
 
 from arena_distill.collate import PreferenceCollator
-from arena_distill.config import compose
 from arena_distill.data.folds import read_folds, split_by_fold
 from arena_distill.models.factory import build_model, load_for_inference
-from arena_distill.stages import data as data_stage
-from arena_distill.stages import demo_data, dump_logits, pretrain, teacher, tiny_models
+from arena_distill.stages import dump_logits, teacher
 from arena_distill.stages.common import data_key, encodings, load_run_data, prompt_config
 from arena_distill.train import (
     LOGIT_COLS,
@@ -34,50 +32,16 @@ from arena_distill.train import (
     make_examples,
     predict_logits,
 )
+from tests.stages.conftest import small_cfg, small_overrides
 
 REPO = Path(__file__).resolve().parents[2]
-TRAIN = "stages.teacher"
-
-
-def overrides(root: Path) -> list[str]:
-    small = "{epochs: 2, lr: 3.0e-3, global_batch_size: 16, per_device_batch_size: 16, warmup_steps: 2, logging_steps: 2, per_device_eval_batch_size: 32}"
-    return [
-        "experiment=demo",
-        "model=tiny_llama",
-        f"runs_root={root}/runs",
-        f"stages.demo_data.out_dir={root}/demo",
-        "stages.demo_data.n_train=150",
-        "stages.demo_data.n_test=10",
-        "stages.demo_data.n_pretrain=48",
-        "stages.tiny_models.vocab_size=512",
-        "stages.tiny_models.hidden_size=64",
-        "stages.tiny_models.intermediate_size=128",
-        "prompt.max_length=128",
-        f"+stages.pretrain_small={small}",
-    ]
-
-
-def cfg_for(root: Path, *extra: str):
-    cfg = compose([*overrides(root), *extra])
-    # the small optimisation settings for both training stages
-    small = cfg.stages.pretrain_small
-    for stage in ("pretrain", "teacher"):
-        OmegaConf.update(cfg, f"stages.{stage}", small, merge=True)
-    return cfg
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """demo data -> data -> tiny models -> pretrain -> teacher (3 folds) -> logit dump."""
-    root = tmp_path_factory.mktemp("training")
-    cfg = cfg_for(root)
-    demo_data.run(cfg)
-    data_stage.run(cfg)
-    tiny_models.run(cfg)
-    pretrain.run(cfg)
-    teacher.run(cfg)
-    dump_logits.run(cfg)
-    return root, cfg
+def run(trained_run):
+    """The shared trained run (pretrain -> teacher, 3 folds) plus the logit dump."""
+    dump_logits.run(trained_run.cfg)
+    return trained_run.root, trained_run.cfg
 
 
 def test_pretrain_writes_an_adapter_with_its_history(run):
@@ -215,7 +179,7 @@ def test_resume_after_a_kill_reaches_the_same_result(run, eval_steps, kill_at):
 
     def train(name: str, callbacks=()):
         out = root / f"resume-{name}-{kill_at}"
-        cfg2 = cfg_for(root, f"stages.teacher.out_dir={out}", *extra)
+        cfg2 = small_cfg(root, f"stages.teacher.out_dir={out}", *extra)
         metrics = teacher.train_fold(
             cfg2,
             rd,
@@ -299,7 +263,7 @@ def test_two_processes_with_torchrun(run):
         "-m",
         "arena_distill",
         "teacher",
-        *overrides(root),
+        *small_overrides(root),
         f"stages.teacher.out_dir={out}",
         "stages.teacher.folds=1",
         "stages.teacher.init_from_pretrain=false",

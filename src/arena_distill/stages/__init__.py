@@ -13,11 +13,11 @@ STAGES: dict[str, str] = {
     "pretrain": "arena_distill.stages.pretrain",
     "teacher": "arena_distill.stages.teacher",
     "dump_logits": "arena_distill.stages.dump_logits",
+    "distill": "arena_distill.stages.distill",
 }
 
 # Stages whose configs exist (configs/stage/) but whose code is not in this version yet.
 PLANNED: tuple[str, ...] = (
-    "distill",
     "merge",
     "quantize",
     "predict",

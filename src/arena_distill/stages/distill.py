@@ -1,0 +1,120 @@
+"""Stage ``distill``: the student per fold, trained on hard labels and the teachers' logits.
+
+Reads ``${run_dir}/data/``, the post-pretrain adapter of the student (``init_from_pretrain``)
+and, for every teacher of ``pipeline.teachers``, its logit dump
+(``stages.distill.logits_dir/<teacher>/logits.parquet``). Writes ``stages.distill.out_dir``
+(default ``${run_dir}/students/<model>/``) in the teacher stage's layout: ``fold_<k>/`` with the
+best adapter, OOF predictions and metrics, then the combined ``oof.parquet`` / ``metrics.json``.
+
+For fold k the student's training rows are fold k's training rows, each joined by id with each
+teacher's fold-k logits on the same orientation: a swapped training row uses the teacher's
+logits on the swapped input, or the original logits mirrored (A and B exchanged) when only the
+original orientation was dumped. A training id without a teacher logit is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+
+from arena_distill.config import config_dir
+from arena_distill.data.swap import mirror_probs
+from arena_distill.io import StageInputError, require_fresh, require_stage_output
+from arena_distill.losses import DistillLoss
+from arena_distill.stages.common import load_run_data
+from arena_distill.stages.teacher import run_folds
+from arena_distill.train import LOGIT_COLS
+
+log = logging.getLogger(__name__)
+
+Lookup = dict[tuple[int, str, bool], np.ndarray]
+
+
+def load_teacher_logits(logits_dir: Path, teacher: str, data_files: list[Path]) -> Lookup:
+    """``{(fold, id, swapped): logits}`` of one teacher's in-sample (``split=train``) dump."""
+    folder = require_stage_output(
+        logits_dir / teacher, stage="dump_logits", files=["logits.parquet"]
+    )
+    require_fresh(folder, data_files, stage="dump_logits")
+    table = pd.read_parquet(folder / "logits.parquet")
+    table = table[table["split"] == "train"]
+    values = table[list(LOGIT_COLS)].to_numpy(dtype=np.float32)
+    lookup: Lookup = {
+        (int(f), str(i), bool(s)): v
+        for f, i, s, v in zip(table["fold"], table["id"], table["swapped"], values, strict=True)
+    }
+    if not table["swapped"].any():
+        # only the original orientation was dumped: a swapped row's logits are the mirror
+        mirrored = mirror_probs(values)
+        for f, i, v in zip(table["fold"], table["id"], mirrored, strict=True):
+            lookup[(int(f), str(i), True)] = v
+        log.info("teacher %s: swapped logits mirrored from the original orientation", teacher)
+    return lookup
+
+
+def teacher_fields(lookups: dict[str, Lookup]) -> Callable[[int], Callable[[str, bool], dict]]:
+    """Per fold, the ``fields(id, swapped)`` hook adding ``teacher_logits`` (n_teachers × 3)."""
+
+    def for_fold(fold: int) -> Callable[[str, bool], dict]:
+        def fields(rid: str, swapped: bool) -> dict:
+            logits = []
+            for teacher, lookup in lookups.items():
+                value = lookup.get((fold, rid, swapped))
+                if value is None:
+                    raise StageInputError(
+                        f"teacher {teacher!r} has no logits for training id {rid!r} of fold "
+                        f"{fold} ({'swapped' if swapped else 'original'} orientation); rerun "
+                        f"`arena-distill dump_logits model={teacher}` on the current data"
+                    )
+                logits.append(value.tolist())
+            return {"teacher_logits": logits}
+
+        return fields
+
+    return for_fold
+
+
+def run(cfg: DictConfig) -> Path:
+    scfg = cfg.stages.distill
+    teachers = list(cfg.pipeline.teachers)
+    run_data = load_run_data(cfg)
+    data_files = [run_data.data_dir / f for f in ("train.parquet", "extra.parquet", "folds.csv")]
+    logits_dir = Path(scfg.logits_dir)
+    lookups = {t: load_teacher_logits(logits_dir, t, data_files) for t in teachers}
+    w = scfg.weights
+    loss = DistillLoss(
+        len(teachers),
+        temperature=scfg.temperature,
+        ce=w.ce,
+        kl=w.kl,
+        cos=w.cos,
+        normalise=scfg.normalise_weights,
+    )
+    log.info(
+        "distilling %s from %s (T=%s, weights ce=%s kl=%s cos=%s, normaliser %s)",
+        cfg.model.name,
+        teachers,
+        scfg.temperature,
+        w.ce,
+        w.kl,
+        w.cos,
+        loss.norm,
+    )
+    return run_folds(
+        cfg, stage="distill", scfg=scfg, loss_fn=loss, fields_for_fold=teacher_fields(lookups)
+    )
+
+
+@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
