@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
@@ -79,6 +81,15 @@ def folds_to_run(spec, n_folds: int) -> list[int]:
     if bad:
         raise ValueError(f"fold(s) {bad} out of range: the folds file has {n_folds} folds")
     return folds
+
+
+def train_device() -> str:
+    """This process's device: its local GPU under a launcher (``LOCAL_RANK``), else the CPU.
+
+    4-bit (QLoRA) weights are placed at load time, so the device must be known then."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
 
 
 def is_main_process() -> bool:

@@ -35,6 +35,7 @@ from arena_distill.stages.common import (
     is_main_process,
     load_run_data,
     prompt_config,
+    train_device,
 )
 from arena_distill.stages.teacher import fold_dir
 from arena_distill.train import (
@@ -67,7 +68,9 @@ def run(cfg: DictConfig) -> Path:
     parts = []
     enc = None
     for fold in range(run_data.n_folds):
-        model, tokenizer = load_for_inference(cfg.model, fold_dir(teacher_dir, fold) / "adapter")
+        model, tokenizer = load_for_inference(
+            cfg.model, fold_dir(teacher_dir, fold) / "adapter", device=train_device()
+        )
         if enc is None:
             enc = encodings(
                 run_data.labelled,

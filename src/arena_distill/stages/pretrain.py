@@ -35,6 +35,7 @@ from arena_distill.stages.common import (
     is_main_process,
     prompt_config,
     remove_dir,
+    train_device,
 )
 from arena_distill.train import TrainSettings, fit, make_examples
 
@@ -63,7 +64,7 @@ def run(cfg: DictConfig) -> Path:
     )
     timer.lap("tokenize")
     set_seed(settings.seed)
-    model, tokenizer = build_model(cfg.model, train=True)
+    model, tokenizer = build_model(cfg.model, train=True, device=train_device())
     trainable, total = count_parameters(model)
     log.info(
         "pretrain %s on %d examples; %d/%d params trainable",

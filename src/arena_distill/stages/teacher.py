@@ -53,6 +53,7 @@ from arena_distill.stages.common import (
     load_run_data,
     prompt_config,
     remove_dir,
+    train_device,
 )
 from arena_distill.train import (
     TrainSettings,
@@ -108,7 +109,9 @@ def train_fold(
     # the same seed for every fold: every fold's LoRA starts from the same init (1st place),
     # which is what makes averaging the fold adapters meaningful
     set_seed(settings.seed)
-    model, tokenizer = build_model(cfg.model, train=True, init_adapter=init_adapter)
+    model, tokenizer = build_model(
+        cfg.model, train=True, init_adapter=init_adapter, device=train_device()
+    )
     trainable, total = count_parameters(model)
     log.info(
         "fold %d: %d training examples (%d rows, swap=%s), %d validation rows; %d/%d params trainable",
