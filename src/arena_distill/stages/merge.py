@@ -1,0 +1,149 @@
+"""Stage ``merge``: the K fold LoRAs of a per-fold stage averaged into one full model.
+
+Reads ``stages.merge.source`` (default the distilled students, ``stages.distill.out_dir``; any
+finished per-fold output works, e.g. a teacher's folder): its ``manifest.json`` (which stage
+wrote it) and ``fold_<k>/adapter/`` for every fold of the run's folds file; and the base model
+of the ``model`` config (the model those adapters were trained on). Refuses a missing or
+unfinished source, folds trained on another model, and stale folds (an input recorded in a
+fold's manifest, e.g. the data or the pretrain adapter, changed since).
+
+Writes ``stages.merge.out_dir`` (default ``${run_dir}/merged/``) atomically:
+
+- ``config.json``, ``model.safetensors``, tokenizer files: the base with the merged LoRA folded
+  into its weights and the averaged head; loads with
+  ``AutoModelForSequenceClassification.from_pretrained`` (3 labels, ``pad_token_id`` set)
+- ``adapter/``: the averaged adapter (``ab_mean`` only), loadable with
+  ``models.factory.load_for_inference(model_cfg, <out_dir>/adapter)``
+- ``merge.json``: method, folds, weights, LoRA config and per-module norms (‖ΔW‖, ‖W‖, their
+  ratio, ``ab_vs_exact``: distance of ab_mean's ΔW from the exact mean of the folds' ΔW,
+  ``fold_spread``: how far the folds' ΔW are from their mean), head spread
+- ``manifest.json``
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from arena_distill.config import config_dir
+from arena_distill.data.folds import read_folds
+from arena_distill.io import (
+    MANIFEST,
+    StageInputError,
+    StageTimer,
+    atomic_dir,
+    read_json,
+    require_fresh,
+    require_stage_output,
+    write_json,
+    write_manifest,
+)
+from arena_distill.merge import (
+    merge_adapters,
+    merge_into_base,
+    merge_summary,
+    read_adapter,
+    save_adapter,
+)
+
+log = logging.getLogger(__name__)
+
+
+def source_folds(cfg: DictConfig) -> tuple[Path, str, list[Path]]:
+    """The checked source folder, the stage that wrote it and its fold adapter folders."""
+    scfg = cfg.stages.merge
+    source = Path(scfg.source)
+    if not (source / MANIFEST).is_file():
+        raise StageInputError(
+            f"merge source {source} is not a finished stage output (no {MANIFEST}); run the "
+            "per-fold stage first (`arena-distill distill`, or set stages.merge.source)"
+        )
+    stage = read_json(source / MANIFEST).get("stage")
+    data_dir = require_stage_output(cfg.stages.data.out_dir, stage="data", files=["folds.csv"])
+    folds = read_folds(data_dir / "folds.csv")
+    n_folds = int(folds.loc[folds["split"] == "cv", "fold"].max()) + 1
+    adapters = [f"fold_{k}/adapter" for k in range(n_folds)]
+    require_stage_output(
+        source, stage=stage, files=[*adapters, *(f"fold_{k}/{MANIFEST}" for k in range(n_folds))]
+    )
+    for k in range(n_folds):
+        fold = source / f"fold_{k}"
+        manifest = read_json(fold / MANIFEST)
+        if manifest.get("stage") != stage:
+            raise StageInputError(
+                f"{fold}/{MANIFEST} is from stage {manifest.get('stage')!r}, not {stage!r}"
+            )
+        trained_on = (manifest.get("config") or {}).get("model", {}).get("name")
+        if trained_on is not None and trained_on != cfg.model.name:
+            raise StageInputError(
+                f"{fold} was trained on model {trained_on!r} but model={cfg.model.name!r}; "
+                f"merge with model={trained_on}"
+            )
+        recorded = [i["path"] for i in manifest.get("inputs", [])]
+        require_fresh(fold, recorded, stage=stage)
+    return source, stage, [source / a for a in adapters]
+
+
+def run(cfg: DictConfig) -> Path:
+    scfg = cfg.stages.merge
+    out_dir = Path(scfg.out_dir)
+    timer = StageTimer()
+    source, stage, fold_adapters = source_folds(cfg)
+    adapters = [read_adapter(p) for p in fold_adapters]
+    weights = None if scfg.get("weights") is None else list(scfg.weights)
+    merged = merge_adapters(adapters, str(scfg.method), weights)
+    timer.lap("average")
+    with atomic_dir(out_dir) as tmp:
+        stats = merge_into_base(cfg.model, merged, tmp)
+        timer.lap("fold_into_base")
+        if merged.lora is not None:
+            save_adapter(merged, tmp / "adapter")
+        summary = {
+            "source": str(source),
+            "source_stage": stage,
+            "folds": list(range(len(adapters))),
+            "model": cfg.model.name,
+            **merge_summary(merged, stats, adapters),
+        }
+        write_json(tmp / "merge.json", summary)
+        timer.lap("summary")
+        write_manifest(
+            tmp,
+            stage="merge",
+            config={
+                "model": OmegaConf.to_container(cfg.model, resolve=True),
+                "stage": OmegaConf.to_container(scfg, resolve=True),
+            },
+            inputs=[source / MANIFEST, *fold_adapters],
+            outputs={
+                "method": merged.method,
+                "folds": len(adapters),
+                "weights": merged.weights,
+                "modules": len(stats),
+                "delta_rel_norm_mean": summary.get("delta_rel_norm_mean"),
+                "ab_vs_exact_mean": summary.get("ab_vs_exact_mean"),
+            },
+            timer=timer,
+        )
+    log.info(
+        "merged %d %s folds of %s (%s, weights %s) into %s",
+        len(adapters),
+        stage,
+        cfg.model.name,
+        merged.method,
+        [round(w, 4) for w in merged.weights],
+        out_dir,
+    )
+    return out_dir
+
+
+@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
