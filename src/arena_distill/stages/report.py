@@ -1,0 +1,109 @@
+"""Stage ``report``: every prediction of a run scored, tabulated and plotted.
+
+Reads ``${run_dir}/data/`` (``train.parquet`` for labels and buckets, ``folds.csv``,
+``summary.json``) and whichever of these exist:
+
+* ``teachers/<model>/oof.parquet``, ``students/<model>/oof.parquet``: per-fold models scored
+  out-of-fold on the cv rows (stages ``teacher/<model>``, ``teacher/<model>+tta``, ...);
+* ``baselines/<name>/oof.parquet`` (OOF) and ``baselines/<name>/holdout.parquet`` (holdout):
+  stage ``baseline/<name>``;
+* ``holdout/<name>/predictions.parquet`` (the predict stage with ``split=holdout``): stages
+  ``<name>`` and ``<name>+tta``; folders ``fold_<k>`` are averaged into ``folds_mean``.
+
+Writes ``stages.report.out_dir`` (default ``${run_dir}/report/``) atomically: ``metrics.json``
+(the contract: ``oof_log_loss``, ``fold_log_loss``, ``holdout_log_loss``, ``n_rows``,
+``prior_log_loss``, and more), ``report.md`` + ``plots/*.png``, ``report.html`` (plots
+embedded) and ``manifest.json``. With ``stages.report.compare_with=<other run dir>`` also
+``comparison.{json,md,html}``: both runs' stages on the same rows, with the difference.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from arena_distill.config import config_dir
+from arena_distill.io import StageTimer, atomic_dir, require_stage_output, write_manifest
+from arena_distill.report import compare_runs, load_run, write_report
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> Path:
+    scfg = cfg.stages.report
+    data_dir = require_stage_output(
+        cfg.stages.data.out_dir, stage="data", files=["train.parquet", "folds.csv"]
+    )
+    run_dir = Path(cfg.run_dir)
+    timer = StageTimer()
+    run_preds = load_run(
+        run_dir,
+        data_dir=data_dir,
+        teachers_dir=scfg.get("teachers_dir"),
+        students_dir=scfg.get("students_dir"),
+        holdout_dir=scfg.get("holdout_dir"),
+        baselines_dir=scfg.get("baselines_dir"),
+    )
+    timer.lap("load")
+    log.info("scoring %d prediction columns", len(run_preds.stages))
+    out_dir = Path(scfg.out_dir)
+    compare_with = scfg.get("compare_with")
+    plots = bool(scfg.get("plots", True))
+    with atomic_dir(out_dir) as tmp:
+        metrics = write_report(
+            run_preds,
+            tmp,
+            temperature_scaling=bool(scfg.temperature_scaling),
+            n_len_buckets=int(scfg.get("n_len_buckets", 5)),
+            n_calibration_bins=int(scfg.get("n_calibration_bins", 10)),
+            plots=plots,
+        )
+        timer.lap("report")
+        outputs = {
+            "oof_log_loss": metrics["oof_log_loss"],
+            "holdout_log_loss": metrics["holdout_log_loss"],
+            "prior_log_loss": metrics["prior_log_loss"],
+        }
+        inputs = list(run_preds.inputs)
+        if compare_with:
+            other = load_run(compare_with)
+            comparison = compare_runs(run_preds, other, tmp, plots=plots)
+            inputs += other.inputs
+            outputs["comparison"] = {
+                k: {s: v["diff"] for s, v in comparison[k].items()}
+                for k in ("oof_log_loss", "holdout_log_loss")
+            }
+            timer.lap("compare")
+        write_manifest(
+            tmp,
+            stage="report",
+            config={"stage": OmegaConf.to_container(scfg, resolve=True)},
+            inputs=inputs,
+            outputs=outputs,
+            timer=timer,
+        )
+    for stage, ll in metrics["oof_log_loss"].items():
+        log.info("OOF %-32s %.4f", stage, ll)
+    for stage, ll in metrics["holdout_log_loss"].items():
+        log.info("holdout %-28s %.4f", stage, ll)
+    log.info(
+        "class prior (OOF) %.4f; report written to %s", metrics["prior_log_loss"] or 0, out_dir
+    )
+    return out_dir
+
+
+def compare(run_a: str | Path, run_b: str | Path, out_dir: str | Path) -> dict:
+    """``comparison.{json,md,html}`` of two run folders into ``out_dir`` (no Hydra)."""
+    return compare_runs(run_a, run_b, out_dir)
+
+
+@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

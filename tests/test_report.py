@@ -1,0 +1,392 @@
+"""The report's scores on synthetic run folders with known answers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from arena_distill.data.folds import write_folds
+from arena_distill.data.tableio import save_table
+from arena_distill.io import StageInputError
+from arena_distill.report import (
+    BUCKET_KINDS,
+    FOLDS_MEAN,
+    METRICS_KEYS,
+    ReportError,
+    StagePredictions,
+    bucket_features,
+    bucket_log_loss,
+    build_metrics,
+    compare_runs,
+    fit_temperature,
+    load_run,
+    per_class_log_loss,
+    temperature_scale,
+    write_report,
+)
+from arena_distill.train import prediction_table
+
+N_CV, N_HOLDOUT, N_FOLDS = 60, 15, 3
+
+
+def _hand_ll(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Log loss the slow way (no clipping needed: the synthetic probabilities are > 0)."""
+    total = 0.0
+    for p, y in zip(probs, labels, strict=True):
+        total += -math.log(p[y] / p.sum())
+    return total / len(labels)
+
+
+def _train_table(n: int, rng: np.random.Generator) -> pd.DataFrame:
+    rows = []
+    for i in range(n):
+        turns = int(rng.integers(1, 5))
+        rows.append(
+            {
+                "id": f"r{i:03d}",
+                "source": "demo",
+                "prompt": [f"question {t}" for t in range(turns)],
+                "response_a": [" ".join(["a"] * int(rng.integers(1, 40))) for _ in range(turns)],
+                "response_b": [" ".join(["b"] * int(rng.integers(1, 40))) for _ in range(turns)],
+                "model_a": None,
+                "model_b": None,
+                "label": int(rng.integers(0, 3)),
+                "n_turns": turns,
+                "empty_a": False,
+                "empty_b": False,
+            }
+        )
+    df = pd.DataFrame(rows)
+    df["label"] = df["label"].astype("Int8")
+    return df
+
+
+def make_run(root: Path, seed: int = 0, fold_seed: int = 0) -> dict:
+    """A run folder: data/, a teacher's OOF (with TTA), a merged model and two fold models on
+    the holdout. Returns what the tests need to recompute the answers."""
+    rng = np.random.default_rng(seed)
+    train = _train_table(N_CV + N_HOLDOUT, rng)
+    data = root / "data"
+    data.mkdir(parents=True)
+    save_table(train, data / "train.parquet")
+    ids = train["id"].tolist()
+    fold_of = np.random.default_rng(fold_seed).permutation(np.arange(N_CV) % N_FOLDS)
+    folds = pd.DataFrame(
+        {
+            "id": ids,
+            "split": ["cv"] * N_CV + ["holdout"] * N_HOLDOUT,
+            "fold": np.concatenate([fold_of, -np.ones(N_HOLDOUT, dtype=int)]),
+        }
+    )
+    write_folds(folds, data / "folds.csv")
+    summary = {
+        "rows_read": {"demo": 80},
+        "rows_kept": {"demo": 75},
+        "normalisations": {"demo/null_to_empty": 3},
+        "dropped_by_reason": {"demo/duplicate": 5},
+        "dropped": [],
+    }
+    (data / "summary.json").write_text(json.dumps(summary))
+    labels = train["label"].to_numpy(dtype=int)
+
+    cv_ids, ho_ids = ids[:N_CV], ids[N_CV:]
+    logits = rng.normal(size=(N_CV, 3))
+    swapped = rng.normal(size=(N_CV, 3))
+    oof = prediction_table(cv_ids, logits, swapped, fold=fold_of, label=labels[:N_CV])
+    (root / "teachers" / "m").mkdir(parents=True)
+    oof.to_parquet(root / "teachers" / "m" / "oof.parquet")
+
+    holdout = {}
+    for name in ("merged", "fold_0", "fold_1"):
+        t = prediction_table(
+            ho_ids, rng.normal(size=(N_HOLDOUT, 3)), rng.normal(size=(N_HOLDOUT, 3))
+        )
+        (root / "holdout" / name).mkdir(parents=True)
+        t.to_parquet(root / "holdout" / name / "predictions.parquet")
+        holdout[name] = t
+    return {
+        "labels": labels,
+        "cv_labels": labels[:N_CV],
+        "ho_labels": labels[N_CV:],
+        "fold": fold_of,
+        "oof": oof,
+        "holdout": holdout,
+    }
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    truth = make_run(tmp_path / "run")
+    return tmp_path / "run", truth
+
+
+def _cols(df, prefix):
+    return df[[f"{prefix}a", f"{prefix}b", f"{prefix}tie"]].to_numpy()
+
+
+def test_oof_log_loss_per_stage_and_fold_match_hand_computation(synthetic):
+    root, t = synthetic
+    m = build_metrics(load_run(root))
+    y, fold = t["cv_labels"], t["fold"]
+    for stage, prefix in (("teacher/m", "p_"), ("teacher/m+tta", "tta_p_")):
+        p = _cols(t["oof"], prefix)
+        assert m["oof_log_loss"][stage] == pytest.approx(_hand_ll(p, y), abs=1e-12)
+        want = [_hand_ll(p[fold == k], y[fold == k]) for k in range(N_FOLDS)]
+        assert m["fold_log_loss"][stage] == pytest.approx(want, abs=1e-12)
+        assert m["fold_log_loss_mean"][stage] == pytest.approx(np.mean(want))
+        assert m["n_rows"][stage] == N_CV
+        assert m["accuracy"][stage] == pytest.approx(np.mean(p.argmax(1) == y))
+        for k, c in enumerate(("A", "B", "tie")):
+            want_c = _hand_ll(p[y == k], y[y == k])
+            assert m["per_class_log_loss"][stage][c] == pytest.approx(want_c, abs=1e-12)
+    gain = _hand_ll(_cols(t["oof"], "p_"), y) - _hand_ll(_cols(t["oof"], "tta_p_"), y)
+    assert m["tta_gain"] == {"teacher/m": pytest.approx(gain, abs=1e-12)}
+
+
+def test_prior_is_the_cv_class_mix_scored_on_cv_and_holdout(synthetic):
+    root, t = synthetic
+    m = build_metrics(load_run(root))
+    freq = np.bincount(t["cv_labels"], minlength=3) / N_CV
+    assert m["prior_log_loss"] == pytest.approx(-np.sum(freq * np.log(freq)), abs=1e-12)
+    want_ho = -np.mean(np.log(freq[t["ho_labels"]]))
+    assert m["holdout_prior_log_loss"] == pytest.approx(want_ho, abs=1e-12)
+
+
+def test_holdout_scores_and_fold_mean(synthetic):
+    root, t = synthetic
+    m = build_metrics(load_run(root))
+    y = t["ho_labels"]
+    ho = t["holdout"]
+    assert set(m["holdout_log_loss"]) == {
+        "merged",
+        "merged+tta",
+        FOLDS_MEAN,
+        FOLDS_MEAN + "+tta",
+    }
+    assert m["holdout_log_loss"]["merged"] == pytest.approx(_hand_ll(_cols(ho["merged"], "p_"), y))
+    mean = (_cols(ho["fold_0"], "p_") + _cols(ho["fold_1"], "p_")) / 2
+    assert m["holdout_log_loss"][FOLDS_MEAN] == pytest.approx(_hand_ll(mean, y))
+    mean_tta = (_cols(ho["fold_0"], "tta_p_") + _cols(ho["fold_1"], "tta_p_")) / 2
+    assert m["holdout_log_loss"][FOLDS_MEAN + "+tta"] == pytest.approx(_hand_ll(mean_tta, y))
+    assert m["holdout_n_rows"]["merged"] == N_HOLDOUT
+    assert m["holdout_fold_models"] == ["fold_0", "fold_1"]
+    # whole-data models never appear among the OOF scores and vice versa
+    assert not set(m["oof_log_loss"]) & set(m["holdout_log_loss"])
+
+
+@pytest.mark.parametrize("change", ["drop", "extra", "duplicate"])
+def test_holdout_ids_must_be_exactly_the_holdout(synthetic, change):
+    root, t = synthetic
+    path = root / "holdout" / "merged" / "predictions.parquet"
+    df = pd.read_parquet(path)
+    if change == "drop":
+        df = df.iloc[1:]
+    elif change == "extra":  # a cv row scored as if it were holdout
+        row = df.iloc[:1].copy()
+        row["id"] = "r000"
+        df = pd.concat([df, row])
+    else:
+        df = pd.concat([df, df.iloc[:1]])
+    df.to_parquet(path)
+    with pytest.raises(ReportError, match="holdout ids"):
+        load_run(root)
+
+
+def test_fold_model_with_wrong_ids_refused_too(synthetic):
+    root, _ = synthetic
+    path = root / "holdout" / "fold_1" / "predictions.parquet"
+    pd.read_parquet(path).iloc[2:].to_parquet(path)
+    with pytest.raises(ReportError, match="holdout ids"):
+        load_run(root)
+
+
+def test_oof_on_other_folds_refused(synthetic):
+    root, _ = synthetic
+    path = root / "teachers" / "m" / "oof.parquet"
+    df = pd.read_parquet(path)
+    df["fold"] = (df["fold"] + 1) % N_FOLDS
+    df.to_parquet(path)
+    with pytest.raises(ReportError, match="folds differ"):
+        load_run(root)
+
+
+def test_baselines_in_both_sections(synthetic):
+    root, t = synthetic
+    rng = np.random.default_rng(5)
+    folds = pd.read_csv(root / "data" / "folds.csv")
+    cv = folds[folds["split"] == "cv"]
+    p = rng.dirichlet([1, 1, 1], size=len(cv))
+    base = root / "baselines" / "lengths"
+    base.mkdir(parents=True)
+    pd.DataFrame(
+        {"id": cv["id"], "fold": cv["fold"], "p_a": p[:, 0], "p_b": p[:, 1], "p_tie": p[:, 2]}
+    ).to_parquet(base / "oof.parquet")
+    ho = folds[folds["split"] == "holdout"]
+    q = rng.dirichlet([1, 1, 1], size=len(ho))
+    pd.DataFrame({"id": ho["id"], "p_a": q[:, 0], "p_b": q[:, 1], "p_tie": q[:, 2]}).to_parquet(
+        base / "holdout.parquet"
+    )
+    m = build_metrics(load_run(root))
+    assert m["oof_log_loss"]["baseline/lengths"] == pytest.approx(_hand_ll(p, t["cv_labels"]))
+    assert m["holdout_log_loss"]["baseline/lengths"] == pytest.approx(_hand_ll(q, t["ho_labels"]))
+    assert len(m["fold_log_loss"]["baseline/lengths"]) == N_FOLDS
+
+
+def test_per_class_log_loss_known_values():
+    probs = np.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.25, 0.5, 0.25]])
+    labels = np.array([0, 1, 1, 2])
+    got = per_class_log_loss(probs, labels)
+    assert got["A"] == pytest.approx(-math.log(0.5))
+    assert got["B"] == pytest.approx(-(math.log(0.8) + math.log(0.2)) / 2)
+    assert got["tie"] == pytest.approx(-math.log(0.25))
+    assert per_class_log_loss(probs[:2], labels[:2])["tie"] is None
+
+
+def test_buckets_partition_the_rows(synthetic):
+    root, _ = synthetic
+    run = load_run(root)
+    feats = bucket_features(run.train, n_len_buckets=4)
+    assert len(feats) == N_CV + N_HOLDOUT and feats.index.is_unique
+    n_turns = run.train.set_index("id")["n_turns"]
+    want_turns = n_turns.map(lambda n: "1" if n == 1 else "2" if n == 2 else "3+")
+    assert (feats["turns"] == want_turns.loc[feats.index]).all()
+    assert feats["len_diff_bucket"].nunique() == 4
+    # the length buckets are ordered by the difference
+    order = feats.groupby("len_diff_bucket")["len_diff"].agg(["min", "max"]).sort_index()
+    assert (order["max"].to_numpy()[:-1] <= order["min"].to_numpy()[1:]).all()
+    m = build_metrics(run, n_len_buckets=4)
+    for section, n in (("oof", N_CV), ("holdout", N_HOLDOUT)):
+        for stage, kinds in m["buckets"][section].items():
+            assert set(kinds) == set(BUCKET_KINDS)
+            for kind, buckets in kinds.items():
+                assert sum(b["n"] for b in buckets.values()) == n, (section, stage, kind)
+    sp = run.section("oof")[0]
+    b = bucket_log_loss(sp, feats)
+    tie = sp.labels == 2
+    assert b["tie"]["tie"]["log_loss"] == pytest.approx(_hand_ll(sp.probs[tie], sp.labels[tie]))
+
+
+def _tempered(n: int, scale: float, seed: int = 0) -> StagePredictions:
+    rng = np.random.default_rng(seed)
+    true = rng.normal(scale=1.5, size=(n, 3))
+    p = np.exp(true) / np.exp(true).sum(1, keepdims=True)
+    labels = np.array([rng.choice(3, p=row) for row in p])
+    logits = scale * true
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    folds = np.arange(n) % 3
+    return StagePredictions(
+        "teacher/x", "oof", [f"i{i}" for i in range(n)], labels, probs, folds, logits
+    )
+
+
+def test_temperature_scaling_recovers_the_scale():
+    sp = _tempered(6000, 3.0)
+    assert fit_temperature(sp.logits, sp.labels) == pytest.approx(3.0, rel=0.1)
+    scaled, info = temperature_scale(sp)
+    assert scaled.name == "teacher/x+ts"
+    assert info["temperature"] == pytest.approx(3.0, rel=0.1)
+    assert all(t == pytest.approx(3.0, rel=0.15) for t in info["fold_temperatures"])
+    assert info["log_loss"] < info["log_loss_before"] - 0.1
+    # a calibrated model keeps T close to 1
+    assert fit_temperature(_tempered(6000, 1.0).logits, _tempered(6000, 1.0).labels) == (
+        pytest.approx(1.0, rel=0.1)
+    )
+
+
+def test_temperature_rows_in_metrics_only_for_oof(synthetic):
+    root, _ = synthetic
+    m = build_metrics(load_run(root), temperature_scaling=True)
+    assert {"teacher/m+ts", "teacher/m+tta+ts"} <= set(m["oof_log_loss"])
+    assert len(m["fold_log_loss"]["teacher/m+ts"]) == N_FOLDS
+    assert m["temperature_scaled"]["teacher/m"]["temperature"] > 0
+    assert not any(s.endswith("+ts") for s in m["holdout_log_loss"])
+    assert "teacher/m+ts" not in build_metrics(load_run(root))["oof_log_loss"]
+
+
+def test_metrics_json_contract(synthetic, tmp_path):
+    root, _ = synthetic
+    out = tmp_path / "report"
+    write_report(load_run(root), out)
+    m = json.loads((out / "metrics.json").read_text())
+    # the keys other tools read: renaming one breaks them
+    assert METRICS_KEYS == (
+        "oof_log_loss",
+        "fold_log_loss",
+        "holdout_log_loss",
+        "n_rows",
+        "prior_log_loss",
+    )
+    for key in METRICS_KEYS:
+        assert key in m
+    assert isinstance(m["prior_log_loss"], float)
+    assert isinstance(m["holdout_prior_log_loss"], float)
+    for stage, v in m["oof_log_loss"].items():
+        assert isinstance(stage, str) and isinstance(v, float)
+        assert all(isinstance(x, float) for x in m["fold_log_loss"][stage])
+        assert isinstance(m["n_rows"][stage], int)
+    assert all(isinstance(v, float) for v in m["holdout_log_loss"].values())
+    assert set(m["fold_log_loss"]) == set(m["oof_log_loss"]) == set(m["n_rows"])
+    assert {"accuracy", "per_class_log_loss", "tta_gain", "buckets"} <= set(m)
+
+
+def test_report_files_and_embedded_images(synthetic, tmp_path):
+    root, _ = synthetic
+    out = tmp_path / "report"
+    write_report(load_run(root), out)
+    html = (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    assert html.count("data:image/png;base64,") >= 3
+    assert 'src="plots/' not in html  # self-contained
+    pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert pngs and all(f"plots/{name}" in md for name in pngs)
+    assert (out / "plots" / pngs[0]).read_bytes()[:4] == b"\x89PNG"
+    for text in ("teacher/m+tta", "merged", "class prior", "Swap-TTA", "demo/duplicate"):
+        assert text in md and text in html
+
+
+def test_compare_run_with_itself_is_zero(synthetic, tmp_path):
+    root, _ = synthetic
+    c = compare_runs(root, root, tmp_path / "cmp")
+    assert c["oof_log_loss"] and c["holdout_log_loss"]
+    for key in ("oof_log_loss", "holdout_log_loss"):
+        assert all(v["diff"] == 0.0 for v in c[key].values())
+    assert all(d == 0.0 for v in c["fold_log_loss"].values() for d in v["diff"])
+    for f in ("comparison.json", "comparison.md", "comparison.html"):
+        assert (tmp_path / "cmp" / f).is_file()
+
+
+def test_compare_uses_the_same_rows_and_refuses_other_folds(tmp_path):
+    a = tmp_path / "a"
+    make_run(a, seed=0)
+    b = tmp_path / "b"
+    make_run(b, seed=0)
+    # b's teacher: other predictions on the same rows
+    path = b / "teachers" / "m" / "oof.parquet"
+    df = pd.read_parquet(path)
+    df[["p_a", "p_b", "p_tie"]] = 1 / 3
+    df.to_parquet(path)
+    c = compare_runs(a, b)
+    v = c["oof_log_loss"]["teacher/m"]
+    assert v["b"] == pytest.approx(math.log(3))
+    assert v["diff"] == pytest.approx(v["b"] - v["a"]) and v["n_rows"] == N_CV
+    other = tmp_path / "other"
+    make_run(other, seed=0, fold_seed=1)
+    with pytest.raises(ReportError, match="folds differ"):
+        compare_runs(a, other)
+
+
+def test_outputs_built_on_other_data_refused(synthetic):
+    root, _ = synthetic
+    folds = root / "data" / "folds.csv"
+    fold_dir = root / "teachers" / "m" / "fold_0"
+    fold_dir.mkdir()
+    manifest = {"stage": "teacher", "inputs": [{"path": str(folds), "sha256": "0" * 64}]}
+    (fold_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StageInputError, match="stale"):
+        load_run(root)
