@@ -26,7 +26,7 @@ FOLD_ARG = $(if $(FOLD),stages.teacher.folds=$(FOLD))
 DISTILL_FOLD_ARG = $(if $(FOLD),stages.distill.folds=$(FOLD))
 
 .PHONY: help setup test test-slow test-all lint format demo demo-data data tiny-models tokenize \
-	pretrain train-teacher dump-logits distill clean
+	pretrain train-teacher dump-logits distill merge quantize predict predict-holdout report clean
 
 help:
 	@echo "make setup      create $(VENV) and install the package with the dev extra"
@@ -36,6 +36,7 @@ help:
 	@echo "make lint       ruff"
 	@echo "stages (ARGS=\"hydra overrides\"): demo-data data tiny-models tokenize"
 	@echo "  pretrain train-teacher dump-logits distill (MODEL=name, FOLD=k, LAUNCH=\"accelerate launch ...\")"
+	@echo "  merge quantize predict predict-holdout report"
 
 setup: $(STAMP)
 
@@ -88,6 +89,32 @@ dump-logits: setup
 # the student (pipeline.student) over all folds, distilled from every teacher's logits
 distill: setup
 	$(TRAIN_STAGE) distill $(ARGS) model=$(STUDENT) $(DISTILL_FOLD_ARG)
+
+# the student's fold LoRAs -> one model (runs/<run>/merged)
+merge: setup
+	$(STAGE) merge $(ARGS) model=$(STUDENT)
+
+# GPTQ 8-bit of the merged model, score head intact (runs/<run>/quantized)
+quantize: setup
+	$(STAGE) quantize $(ARGS) model=$(STUDENT)
+
+# swap-TTA prediction of the test rows and submission.csv (runs/<run>/predictions)
+predict: setup
+	$(STAGE) predict $(ARGS) model=$(STUDENT)
+
+# whole-data models scored on the labelled holdout: merged, quantized, and each fold's student
+# (averaged by the report into folds_mean) -> runs/<run>/holdout/<name>/
+HOLDOUT = $(STAGE) predict $(ARGS) model=$(STUDENT) stages.predict.split=holdout
+predict-holdout: setup
+	for m in merged quantized; do \
+	  $(HOLDOUT) "stages.predict.model_dir=\$${run_dir}/$$m" "stages.predict.out_dir=\$${run_dir}/holdout/$$m" || exit 1; done
+	for k in $$(seq 0 $$(( $(call config_value,data.folds.n_folds,$(ARGS)) - 1 ))); do \
+	  $(HOLDOUT) "stages.predict.model_dir=\$${model.name_or_path}" \
+	    "stages.predict.adapter_dir=\$${stages.distill.out_dir}/fold_$$k/adapter" \
+	    "stages.predict.out_dir=\$${run_dir}/holdout/fold_$$k" || exit 1; done
+
+report: setup
+	$(STAGE) report $(ARGS)
 
 # --- the embedded default, end to end -------------------------------------------------------
 demo: setup

@@ -14,12 +14,12 @@ STAGES: dict[str, str] = {
     "teacher": "arena_distill.stages.teacher",
     "dump_logits": "arena_distill.stages.dump_logits",
     "distill": "arena_distill.stages.distill",
+    "merge": "arena_distill.stages.merge",
+    "predict": "arena_distill.stages.predict",
+    "report": "arena_distill.stages.report",
 }
 
 # Stages whose configs exist (configs/stage/) but whose code is not in this version yet.
 PLANNED: tuple[str, ...] = (
-    "merge",
     "quantize",
-    "predict",
-    "report",
 )
