@@ -1,0 +1,241 @@
+"""Stage ``quantize``: the merged classifier -> GPTQ 8-bit, score head kept, drift measured.
+
+Reads ``stages.quantize.source`` (default ``${run_dir}/merged/``, the merge stage's output: any
+full Hugging Face sequence-classification folder with its tokenizer) and the data stage's
+``train.parquet`` / ``folds.csv``. Calibration rows are ``n_calibration`` cv rows drawn with
+``seed``, rendered and tokenised with the run's prompt config (the inference template) and cut
+to ``calibration_max_length`` tokens (at most the model's positions). GPTQ runs through
+transformers' ``GPTQConfig`` (gptqmodel, ``backend``); the head (``score`` / ``classifier``)
+stays unquantized, which the stage checks on the reloaded output.
+
+Writes ``stages.quantize.out_dir`` (default ``${run_dir}/quantized/``), atomically: the quantized
+model (``config.json`` with its ``quantization_config``, ``model.safetensors``, tokenizer;
+reload with ``AutoModelForSequenceClassification.from_pretrained``), ``metrics.json`` (logit
+drift against the source on the holdout rows, or fold 0's validation rows when there is no
+holdout; group sizes used; calibration; seconds) and ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import os
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from arena_distill.config import config_dir
+from arena_distill.data.folds import split_by_fold
+from arena_distill.io import (
+    StageInputError,
+    StageTimer,
+    atomic_dir,
+    write_json,
+    write_manifest,
+)
+from arena_distill.quantize import (
+    CPU_WORKERS_ENV,
+    QuantizationError,
+    QuantSettings,
+    block_name,
+    calibration_dataset,
+    drift_metrics,
+    group_report,
+    head_intact,
+    head_state,
+    linear_in_features,
+    load_classifier,
+    model_positions,
+    predict_logits,
+    quantize_model,
+    quantized_layers,
+    save_quantized,
+    usable_cpus,
+)
+from arena_distill.stages.common import load_run_data, prompt_config
+from arena_distill.text import encode_table
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def check_source(source: Path) -> Path:
+    """A full model folder (config.json and weights) or StageInputError."""
+    hint = "run `arena-distill merge` (make merge) first, or set stages.quantize.source"
+    if not source.is_dir():
+        raise StageInputError(f"quantize: source model folder {source} does not exist; {hint}")
+    if not (source / "config.json").is_file():
+        raise StageInputError(f"quantize: {source} has no config.json (not a model folder); {hint}")
+    if not any((source / f).is_file() for f in WEIGHT_FILES):
+        raise StageInputError(
+            f"quantize: {source} holds no full weights ({' / '.join(WEIGHT_FILES)}); an adapter "
+            f"folder must be merged first; {hint}"
+        )
+    return source
+
+
+def eval_rows(run) -> tuple[str, object]:
+    """The holdout rows if the folds file has any, else fold 0's validation rows."""
+    holdout_ids = set(run.folds.loc[run.folds["split"] == "holdout", "id"].astype(str))
+    if holdout_ids:
+        rows = run.train[run.train["id"].astype(str).isin(holdout_ids)].reset_index(drop=True)
+        return "holdout", rows
+    return "fold_0_valid", split_by_fold(run.train, run.folds, 0)[1]
+
+
+def run(cfg: DictConfig) -> Path:
+    from transformers import AutoConfig
+
+    from arena_distill.models.factory import load_tokenizer
+
+    scfg = cfg.stages.quantize
+    source = check_source(Path(scfg.source))
+    settings = QuantSettings.from_mapping(OmegaConf.to_container(scfg, resolve=True))
+    out_dir = Path(scfg.out_dir)
+    timer = StageTimer()
+
+    run_data = load_run_data(cfg)
+    prompt = prompt_config(cfg)
+    model_config = AutoConfig.from_pretrained(str(source))
+    positions = model_positions(model_config)
+    seqlen = min(settings.calibration_max_length, positions or settings.calibration_max_length)
+    eval_length = min(prompt.max_length, positions or prompt.max_length)
+    if seqlen < settings.calibration_max_length:
+        log.info(
+            "calibration length %d clamped to the model's %d positions",
+            settings.calibration_max_length,
+            seqlen,
+        )
+    tokenizer = load_tokenizer({"name_or_path": str(source)})
+
+    cv_ids = set(run_data.folds.loc[run_data.folds["split"] == "cv", "id"].astype(str))
+    cv_rows = run_data.train[run_data.train["id"].astype(str).isin(cv_ids)].reset_index(drop=True)
+    dataset = calibration_dataset(
+        cv_rows, tokenizer, prompt, settings.n_calibration, settings.seed, seqlen
+    )
+    cal_lengths = [len(x["input_ids"][0]) for x in dataset]
+    split_name, rows = eval_rows(run_data)
+    if scfg.get("eval_max_rows"):
+        rows = rows.head(int(scfg.eval_max_rows))
+    if rows.empty:
+        raise StageInputError("quantize: no held-out rows (holdout or fold 0) to measure drift on")
+    eval_ids = encode_table(rows, tokenizer, dataclasses.replace(prompt, max_length=eval_length))
+    labels = rows["label"].to_numpy()
+    labels = labels.astype(np.int64) if not rows["label"].isna().any() else None
+    pad_id = tokenizer.pad_token_id
+    batch = int(scfg.get("eval_batch_size", 16))
+    timer.lap("prepare")
+
+    # The source first, then freed: only one full model in memory at a time.
+    source_model = load_classifier(source, settings.dtype)
+    head_name, head_weights = head_state(source_model)
+    widths = linear_in_features(source_model, block_name(model_config))
+    source_logits = predict_logits(source_model, eval_ids, pad_id, batch)
+    del source_model
+    gc.collect()
+    narrow = {n: w for n, w in widths.items() if w < settings.group_size}
+    if narrow:
+        log.warning(
+            "%d of %d linear layers have in_features < group_size %d (e.g. %s: %d); gptqmodel "
+            "quantizes them with one group per row (see group_size_effective in metrics.json)",
+            len(narrow),
+            len(widths),
+            settings.group_size,
+            next(iter(narrow)),
+            next(iter(narrow.values())),
+        )
+    timer.lap("source_logits")
+
+    model = quantize_model(source, tokenizer, dataset, settings, seqlen=seqlen)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_id
+    timer.lap("quantize")
+
+    with atomic_dir(out_dir) as tmp:
+        save_quantized(model, tokenizer, tmp)
+        del model
+        gc.collect()
+        timer.lap("save")
+        # Measure what the predict stage will load: the saved folder, reloaded.
+        reloaded = load_classifier(tmp)
+        ok, why = head_intact(reloaded, head_weights)
+        if not ok:
+            raise QuantizationError(f"the score head did not survive quantization: {why}")
+        layers = quantized_layers(reloaded)
+        groups = group_report(reloaded, settings.group_size)
+        quant_logits = predict_logits(reloaded, eval_ids, pad_id, batch)
+        del reloaded
+        timer.lap("quantized_logits")
+
+        drift = drift_metrics(source_logits, quant_logits, labels)
+        if not drift["finite"]:
+            raise QuantizationError("the quantized model gives non-finite logits")
+        metrics = {
+            "architecture": (model_config.architectures or [model_config.model_type])[0],
+            "model_type": model_config.model_type,
+            "eval_split": split_name,
+            "eval_max_length": eval_length,
+            **drift,
+            "bits": settings.bits,
+            "group_size": settings.group_size,
+            **groups,
+            "layers_below_group_size_in_source": len(narrow),
+            "quantized_layers": len(layers),
+            "block_name_to_quantize": block_name(model_config),
+            "head": head_name,
+            "head_intact": ok,
+            "backend": settings.backend,
+            "n_calibration": len(dataset),
+            "n_calibration_requested": settings.n_calibration,
+            "calibration_max_length": seqlen,
+            "calibration_max_length_requested": settings.calibration_max_length,
+            "calibration_tokens_mean": float(np.mean(cal_lengths)),
+            "calibration_tokens_max": int(max(cal_lengths)),
+            "gptqmodel_cpu_workers": int(os.environ.get(CPU_WORKERS_ENV, usable_cpus())),
+            "seconds": {**timer.phases, "total": timer.to_dict()["seconds"]},
+        }
+        write_json(tmp / "metrics.json", metrics)
+        write_manifest(
+            tmp,
+            stage="quantize",
+            config={
+                "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
+                "stage": OmegaConf.to_container(scfg, resolve=True),
+            },
+            inputs=[
+                p
+                for p in (
+                    source / "config.json",
+                    source / "manifest.json",
+                    run_data.data_dir / "train.parquet",
+                    run_data.data_dir / "folds.csv",
+                )
+                if p.exists()
+            ],
+            outputs={"metrics": metrics},
+            timer=timer,
+            extra={"source": str(source)},
+        )
+    log.info(
+        "quantized %s -> %s: relative logit error %.4f, max |diff| %.4f on %d %s rows",
+        source,
+        out_dir,
+        metrics["relative_error"],
+        metrics["max_abs_logit_diff"],
+        metrics["rows"],
+        split_name,
+    )
+    return out_dir
+
+
+@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
