@@ -26,7 +26,7 @@ FOLD_ARG = $(if $(FOLD),stages.teacher.folds=$(FOLD))
 DISTILL_FOLD_ARG = $(if $(FOLD),stages.distill.folds=$(FOLD))
 
 .PHONY: help setup test test-slow test-all lint format demo demo-data data tiny-models tokenize \
-	pretrain train-teacher dump-logits distill merge quantize predict predict-holdout report clean
+	pretrain train-teacher dump-logits distill merge quantize predict predict-holdout report kaggle-package clean
 
 help:
 	@echo "make setup      create $(VENV) and install the package with the dev extra"
@@ -36,7 +36,7 @@ help:
 	@echo "make lint       ruff"
 	@echo "stages (ARGS=\"hydra overrides\"): demo-data data tiny-models tokenize"
 	@echo "  pretrain train-teacher dump-logits distill (MODEL=name, FOLD=k, LAUNCH=\"accelerate launch ...\")"
-	@echo "  merge quantize predict predict-holdout report"
+	@echo "  merge quantize predict predict-holdout report kaggle-package"
 
 setup: $(STAMP)
 
@@ -116,18 +116,30 @@ predict-holdout: setup
 report: setup
 	$(STAGE) report $(ARGS)
 
+# the model folder, the wheels and dataset-metadata.json for a Kaggle dataset, e.g.
+#   make kaggle-package KAGGLE_ARGS="--run-dir runs/first_place --out dist/kaggle --kaggle-user me"
+KAGGLE_ARGS ?=
+kaggle-package: setup
+	$(PY) scripts/package_kaggle.py $(KAGGLE_ARGS)
+
 # --- the embedded default, end to end -------------------------------------------------------
 demo: setup
 	$(STAGE) demo_data $(DEMO)
 	$(STAGE) data $(DEMO)
 	$(STAGE) tiny_models $(DEMO)
-	for m in tiny_gemma2 tiny_llama tiny_qwen2; do $(STAGE) tokenize $(DEMO) model=$$m || exit 1; done
+	$(STAGE) tokenize $(DEMO) model=$(call config_value,pipeline.student,$(DEMO))
 	$(MAKE) --no-print-directory pretrain ARGS="$(DEMO)"
 	$(MAKE) --no-print-directory train-teacher ARGS="$(DEMO)"
 	$(MAKE) --no-print-directory dump-logits ARGS="$(DEMO)"
 	$(MAKE) --no-print-directory distill ARGS="$(DEMO)"
-	@echo "demo run folder: runs/demo (data/ models/ tokens/ pretrain/ teachers/ logits/ students/);"
-	@echo "OOF log loss: runs/demo/{teachers,students}/*/metrics.json; see docs/ARCHITECTURE.md"
+	$(MAKE) --no-print-directory merge ARGS="$(DEMO)"
+	$(MAKE) --no-print-directory quantize ARGS="$(DEMO)"
+	$(MAKE) --no-print-directory predict ARGS="$(DEMO)"
+	$(MAKE) --no-print-directory predict-holdout ARGS="$(DEMO)"
+	$(MAKE) --no-print-directory report ARGS="$(DEMO)"
+	@echo
+	@echo "submission:  runs/demo/predictions/submission.csv"
+	@echo "OOF summary: runs/demo/report/report.md (and report.html, metrics.json)"
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache .ruff_cache

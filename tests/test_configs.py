@@ -10,7 +10,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from arena_distill.config import compose, config_dir
-from arena_distill.stages import PLANNED, STAGES
+from arena_distill.stages import STAGES
 from arena_distill.text import PromptConfig
 
 CONFIGS = config_dir()
@@ -26,7 +26,7 @@ def resolved(overrides: list[str]) -> dict:
 
 def test_root_config_resolves():
     cfg = resolved([])
-    assert set(cfg["stages"]) == set(STAGES) | set(PLANNED)
+    assert set(cfg["stages"]) == set(STAGES)
     assert cfg["run_dir"] == "runs/default"
 
 
@@ -68,7 +68,7 @@ def test_prompt_configs_map_onto_prompt_config(name):
 def test_stage_configs(name):
     raw = yaml.safe_load((CONFIGS / "stage" / f"{name}.yaml").read_text())
     assert raw["name"] == name
-    assert name in STAGES or name in PLANNED
+    assert name in STAGES
     assert resolved([])["stages"][name]["name"] == name
 
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-from arena_distill.stages import PLANNED, STAGES
+from arena_distill.stages import STAGES
 
 
 def usage() -> str:
     lines = [__doc__.strip(), "", "stages:"]
     lines += [f"  {name}" for name in STAGES]
-    lines += ["", "planned (configs exist, code not in this version yet): " + ", ".join(PLANNED)]
     return "\n".join(lines)
 
 
@@ -28,11 +27,6 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     name = argv[0].replace("-", "_")
-    if name in PLANNED:
-        print(
-            f"arena-distill: stage {name!r} is not available in this version yet.", file=sys.stderr
-        )
-        return 2
     if name not in STAGES:
         print(f"arena-distill: unknown stage {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2

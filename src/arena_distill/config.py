@@ -8,6 +8,7 @@ to use another copy (e.g. a Kaggle dataset holding the project).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -73,3 +74,14 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def hydra_app(run: Callable[[DictConfig], object]) -> None:
+    """Run a stage's ``run(cfg)`` as a Hydra app over the project's configs (command-line
+    overrides, ``--cfg``, ``--multirun``; the job is named after ``run``'s module).
+
+    The app is built on call, not at import, so the stage modules import without ``configs/``
+    (an installed wheel on Kaggle calls their functions directly)."""
+    import hydra
+
+    hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(run)()

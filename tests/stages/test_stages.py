@@ -132,9 +132,8 @@ def test_cli_runs_a_stage_through_hydra(tmp_path):
     assert json.loads((out / "manifest.json").read_text())["stage"] == "demo_data"
 
 
-def test_cli_names_planned_and_unknown_stages():
+def test_cli_refuses_unknown_stages():
     from arena_distill.__main__ import main
 
-    assert main(["quantize"]) == 2  # still planned while its stage is being written
     assert main(["no_such_stage"]) == 2
     assert main(["--help"]) == 0

@@ -15,11 +15,7 @@ STAGES: dict[str, str] = {
     "dump_logits": "arena_distill.stages.dump_logits",
     "distill": "arena_distill.stages.distill",
     "merge": "arena_distill.stages.merge",
+    "quantize": "arena_distill.stages.quantize",
     "predict": "arena_distill.stages.predict",
     "report": "arena_distill.stages.report",
 }
-
-# Stages whose configs exist (configs/stage/) but whose code is not in this version yet.
-PLANNED: tuple[str, ...] = (
-    "quantize",
-)

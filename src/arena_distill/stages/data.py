@@ -17,11 +17,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from arena_distill.config import config_dir
+from arena_distill.config import hydra_app
 from arena_distill.data.dedup import dedup_against
 from arena_distill.data.folds import build_folds, load_or_create_folds, write_folds
 from arena_distill.data.readers import attach_labels, load_source, read_sample_submission
@@ -166,9 +165,8 @@ def fold_table(folds: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main() -> None:
+    hydra_app(run)
 
 
 if __name__ == "__main__":

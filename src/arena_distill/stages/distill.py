@@ -18,12 +18,11 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import hydra
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from arena_distill.config import config_dir
+from arena_distill.config import hydra_app
 from arena_distill.data.swap import mirror_probs
 from arena_distill.io import StageInputError, require_fresh, require_stage_output
 from arena_distill.losses import DistillLoss
@@ -111,9 +110,8 @@ def run(cfg: DictConfig) -> Path:
     )
 
 
-@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main() -> None:
+    hydra_app(run)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from arena_distill.collate import PreferenceCollator
-from arena_distill.config import config_dir
+from arena_distill.config import hydra_app
 from arena_distill.data.folds import split_by_fold
 from arena_distill.io import (
     StageTimer,
@@ -117,9 +116,8 @@ def run(cfg: DictConfig) -> Path:
     return out_dir
 
 
-@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main() -> None:
+    hydra_app(run)
 
 
 if __name__ == "__main__":

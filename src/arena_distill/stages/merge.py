@@ -25,10 +25,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from arena_distill.config import config_dir
+from arena_distill.config import hydra_app
 from arena_distill.data.folds import read_folds
 from arena_distill.io import (
     MANIFEST,
@@ -140,9 +139,8 @@ def run(cfg: DictConfig) -> Path:
     return out_dir
 
 
-@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main() -> None:
+    hydra_app(run)
 
 
 if __name__ == "__main__":

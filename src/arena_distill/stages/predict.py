@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from arena_distill.config import config_dir
+from arena_distill.config import hydra_app
 from arena_distill.data.folds import read_folds
 from arena_distill.data.readers import read_sample_submission
 from arena_distill.data.tableio import load_table
@@ -409,10 +408,7 @@ def run(cfg: DictConfig) -> Path:
 
 
 def main() -> None:
-    """The Hydra app (built on call, so that importing this module needs no ``configs/``:
-    ``arena_distill.kaggle`` runs ``predict_rows`` from an installed wheel)."""
-    app = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
-    app(run)()
+    hydra_app(run)
 
 
 if __name__ == "__main__":

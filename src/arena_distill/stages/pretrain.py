@@ -13,11 +13,10 @@ import logging
 import shutil
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from arena_distill.config import config_dir
+from arena_distill.config import hydra_app
 from arena_distill.data.tableio import load_table
 from arena_distill.io import (
     StageInputError,
@@ -118,9 +117,8 @@ def run(cfg: DictConfig) -> Path:
     return out_dir
 
 
-@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main() -> None:
+    hydra_app(run)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,10 @@ import logging
 import os
 from pathlib import Path
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from arena_distill.config import config_dir
+from arena_distill.config import hydra_app
 from arena_distill.data.folds import split_by_fold
 from arena_distill.io import (
     StageInputError,
@@ -232,9 +231,8 @@ def run(cfg: DictConfig) -> Path:
     return out_dir
 
 
-@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main() -> None:
+    hydra_app(run)
 
 
 if __name__ == "__main__":

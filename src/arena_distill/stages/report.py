@@ -22,10 +22,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from arena_distill.config import config_dir
+from arena_distill.config import hydra_app
 from arena_distill.io import StageTimer, atomic_dir, require_stage_output, write_manifest
 from arena_distill.report import compare_runs, load_run, write_report
 
@@ -100,9 +99,8 @@ def compare(run_a: str | Path, run_b: str | Path, out_dir: str | Path) -> dict:
     return compare_runs(run_a, run_b, out_dir)
 
 
-@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main() -> None:
+    hydra_app(run)
 
 
 if __name__ == "__main__":

@@ -22,13 +22,12 @@ import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import hydra
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback, set_seed
 
-from arena_distill.config import config_dir
+from arena_distill.config import hydra_app
 from arena_distill.data.folds import split_by_fold
 from arena_distill.io import (
     MANIFEST,
@@ -282,9 +281,8 @@ def run(cfg: DictConfig) -> Path:
     return run_folds(cfg, stage="teacher", scfg=cfg.stages.teacher)
 
 
-@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main() -> None:
+    hydra_app(run)
 
 
 if __name__ == "__main__":

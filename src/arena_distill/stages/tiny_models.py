@@ -12,11 +12,10 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from arena_distill.config import config_dir
+from arena_distill.config import hydra_app
 from arena_distill.data.tableio import load_table
 from arena_distill.io import StageTimer, atomic_dir, require_stage_output, write_manifest
 from arena_distill.models.tiny import build_tiny_models
@@ -68,9 +67,8 @@ def run(cfg: DictConfig) -> Path:
     return out_dir
 
 
-@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main() -> None:
+    hydra_app(run)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
-from arena_distill.config import config_dir
+from arena_distill.config import hydra_app
 from arena_distill.data.tableio import load_table
 from arena_distill.io import (
     StageTimer,
@@ -89,9 +88,8 @@ def run(cfg: DictConfig) -> Path:
     return out_dir
 
 
-@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main() -> None:
+    hydra_app(run)
 
 
 if __name__ == "__main__":

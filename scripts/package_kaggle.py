@@ -1,0 +1,322 @@
+"""Gather a trained model and the wheels into one Kaggle dataset folder for offline scoring.
+
+    python scripts/package_kaggle.py --run-dir runs/first_place --out dist/kaggle \\
+        --kaggle-user me --slug arena-distill-gemma2 -- experiment=first_place model=gemma2_9b
+    python scripts/package_kaggle.py --model-dir runs/demo/models/tiny_llama --out dist/kaggle \\
+        --kaggle-user me --no-deps -- experiment=demo model=tiny_llama
+
+Layout of ``--out`` (replaced as a whole, atomically)::
+
+    dataset-metadata.json    what `kaggle datasets create` reads: title, id (<user>/<slug>), licence
+    model/                   the model folder (config.json, weights, tokenizer) and
+                             arena_distill_prompt.json (prompt, model config, predict settings)
+    wheels/                  arena_distill-<version>-py3-none-any.whl (+ the pinned dependencies)
+
+The model: ``--model-dir``, or from ``--run-dir`` its ``quantized/`` (GPTQ 8-bit) folder, else
+``merged/``. A folder without a tokenizer gets the one of the config's ``model.name_or_path``
+(or ``--tokenizer-dir``). The prompt/model/predict config comes from the run's composed config:
+Hydra overrides after ``--`` (composed with ``arena_distill.config.compose``) or, without
+any, the newest Hydra log of the run (``<run-dir>/logs/<stage>/<time>/.hydra/config.yaml``
+of quantize, merge, predict or distill).
+
+The wheels: the project's own (``pip wheel . --no-deps``, built from a copy of the sources so
+the checkout stays clean; it holds no ``configs/``: ``arena_distill.kaggle`` needs none) and,
+unless ``--no-deps``, the dependencies a Kaggle image lacks, at this project's pins (from
+pyproject.toml), downloaded for Kaggle's Python and platform (``--python-version``, default
+3.11; manylinux x86_64). Kaggle's GPU image already ships torch, transformers, tokenizers,
+safetensors, accelerate, numpy, pandas, pyarrow, scikit-learn, tqdm, rich and matplotlib, and
+replacing torch/CUDA offline is neither needed nor wise, so only these are added:
+
+* ``hydra-core``, ``omegaconf``, ``antlr4-python3-runtime`` (omegaconf's parser; sdist only on
+  PyPI, pure Python, so it is built here into a ``py3-none-any`` wheel): the package imports
+  them;
+* ``peft``: adapters (``adapter_dir``) and the factory's imports;
+* ``optimum`` and ``gptqmodel``: loading the GPTQ 8-bit model. gptqmodel compiles CUDA
+  kernels; PyPI ships it as an sdist, so its download fails unless a wheel for the platform
+  is found (``--find-links`` a folder holding one, e.g. from the gptqmodel GitHub releases, or
+  ``--without gptqmodel`` for a merged fp16 model).
+
+``--with REQ`` adds more (e.g. ``--with transformers==5.17.0`` when the image's transformers is
+too old), ``--without NAME`` drops one. The notebook installs every wheel of ``wheels/`` with
+``pip install --no-index --no-deps``, so nothing the image has is replaced by surprise.
+
+Prints the ``kaggle datasets create -p <out> --dir-mode zip`` command that uploads the folder.
+Makefile: ``kaggle-package: setup`` / ``$(PY) scripts/package_kaggle.py $(KAGGLE_ARGS)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from arena_distill.config import REPO_ROOT, compose
+from arena_distill.io import atomic_dir
+from arena_distill.kaggle import PROMPT_FILE, write_prompt_file
+
+log = logging.getLogger("package_kaggle")
+
+# name -> requirement when pyproject.toml does not pin it
+KAGGLE_DEPS: dict[str, str | None] = {
+    "hydra-core": None,
+    "omegaconf": None,
+    "antlr4-python3-runtime": "antlr4-python3-runtime==4.9.3",  # omegaconf 2.3 needs 4.9.*
+    "peft": None,
+    "optimum": None,
+    "gptqmodel": None,
+}
+# sdist-only on PyPI but pure Python: built here into a wheel that installs anywhere
+PURE_SDISTS = ("antlr4-python3-runtime",)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+RUN_MODEL_DIRS = ("quantized", "merged")
+RUN_PATHS = ("name", "out_dir", "model_dir", "adapter_dir", "tokenizer_dir", "split")
+LOG_STAGES = ("quantize", "merge", "predict", "distill")
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{3,48}[a-z0-9]$")
+
+
+def _canon(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def project_pins(pyproject: Path = REPO_ROOT / "pyproject.toml") -> dict[str, str]:
+    """``{canonical name: requirement}`` of pyproject.toml's ``[project] dependencies``."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    return {_canon(re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]): d for d in deps}
+
+
+def kaggle_requirements(with_: Sequence[str] = (), without: Sequence[str] = ()) -> list[str]:
+    pins = project_pins()
+    drop = {_canon(n) for n in without}
+    reqs = [
+        req or pins.get(_canon(name), name)
+        for name, req in KAGGLE_DEPS.items()
+        if _canon(name) not in drop
+    ]
+    return reqs + list(with_)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's config
+# ---------------------------------------------------------------------------------------------
+
+
+def newest_run_config(run_dir: Path) -> Path | None:
+    found = [
+        p for stage in LOG_STAGES for p in (run_dir / "logs" / stage).glob("*/.hydra/config.yaml")
+    ]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def run_config(run_dir: Path | None, overrides: Sequence[str]) -> tuple[DictConfig, str]:
+    """The composed config and where it came from."""
+    if not overrides and run_dir is not None:
+        path = newest_run_config(run_dir)
+        if path is not None:
+            return OmegaConf.load(path), str(path)
+    if not overrides:
+        log.warning("no Hydra overrides and no run log: packaging with the default config")
+    return compose(list(overrides)), "compose(" + " ".join(overrides) + ")"
+
+
+def choose_model_dir(run_dir: Path | None, model_dir: Path | None) -> Path:
+    if model_dir is not None:
+        candidates = [model_dir]
+    elif run_dir is not None:
+        candidates = [run_dir / d for d in RUN_MODEL_DIRS]
+    else:
+        raise SystemExit("give --run-dir or --model-dir")
+    for c in candidates:
+        if (c / "config.json").is_file():
+            return c
+    raise SystemExit(f"no model folder (config.json) in {[str(c) for c in candidates]}")
+
+
+def copy_model(model_dir: Path, dest: Path, tokenizer_dir: Path | None) -> None:
+    shutil.copytree(model_dir, dest, ignore=shutil.ignore_patterns(".*", "__pycache__"))
+    if any((dest / f).exists() for f in TOKENIZER_FILES):
+        return
+    if tokenizer_dir is None or not any((tokenizer_dir / f).exists() for f in TOKENIZER_FILES):
+        raise SystemExit(f"{model_dir} has no tokenizer; give --tokenizer-dir")
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(dest))
+
+
+# ---------------------------------------------------------------------------------------------
+# Wheels
+# ---------------------------------------------------------------------------------------------
+
+
+def _pip(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
+    log.info("%s", " ".join(cmd))
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def build_project_wheel(dest: Path) -> Path:
+    """``pip wheel . --no-deps`` from a copy of the project's sources (no build/ in the tree)."""
+    with tempfile.TemporaryDirectory(prefix="arena-wheel-") as tmp:
+        src = Path(tmp) / "src-copy"
+        src.mkdir()
+        for name in ("pyproject.toml", "README.md", "LICENSE", "setup.cfg", "MANIFEST.in"):
+            if (REPO_ROOT / name).is_file():
+                shutil.copy2(REPO_ROOT / name, src / name)
+        shutil.copytree(
+            REPO_ROOT / "src",
+            src / "src",
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"),
+        )
+        before = set(dest.glob("*.whl"))
+        # the build backend is usually here already (setuptools); else pip fetches it
+        res = _pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(dest), str(src))
+        if res.returncode != 0:
+            res = _pip("wheel", "--no-deps", "-w", str(dest), str(src))
+        if res.returncode != 0:
+            raise SystemExit(f"building the project wheel failed:\n{res.stdout}\n{res.stderr}")
+    new = sorted(set(dest.glob("*.whl")) - before)
+    if not new:
+        raise SystemExit("pip wheel produced no wheel")
+    return new[0]
+
+
+def download_deps(
+    reqs: Sequence[str], dest: Path, python_version: str, find_links: Sequence[str] = ()
+) -> list[str]:
+    """Wheels of ``reqs`` (no dependencies of theirs) for Kaggle; returns the failures."""
+    abi = "cp" + python_version.replace(".", "")
+    platform = [
+        "--platform",
+        "manylinux2014_x86_64",
+        "--platform",
+        "manylinux_2_28_x86_64",
+        "--platform",
+        "linux_x86_64",
+    ]
+    links = [a for f in find_links for a in ("--find-links", f)]
+    failed = []
+    for req in reqs:
+        res = _pip(
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            *platform,
+            "--python-version",
+            python_version,
+            "--implementation",
+            "cp",
+            "--abi",
+            abi,
+            "--abi",
+            "abi3",
+            "--abi",
+            "none",
+            *links,
+            "-d",
+            str(dest),
+            req,
+        )
+        if res.returncode != 0 and _canon(re.split(r"[<>=!~ ]", req)[0]) in PURE_SDISTS:
+            res = _pip("wheel", "--no-deps", *links, "-w", str(dest), req)
+        if res.returncode != 0:
+            log.error("no wheel for %s: %s", req, res.stderr.strip().splitlines()[-1:])
+            failed.append(req)
+    return failed
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+
+def dataset_metadata(user: str, slug: str, title: str) -> dict[str, Any]:
+    if not SLUG_RE.match(slug):
+        raise SystemExit(f"--slug {slug!r}: 5-50 characters, lowercase letters, digits, hyphens")
+    if not 6 <= len(title) <= 50:
+        raise SystemExit(f"--title {title!r}: Kaggle wants 6 to 50 characters")
+    return {"title": title, "id": f"{user}/{slug}", "licenses": [{"name": "apache-2.0"}]}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Package a model and the wheels as a Kaggle dataset folder.",
+        epilog="Hydra overrides of the run (e.g. experiment=first_place model=gemma2_9b) go "
+        "after the options, best after --.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run-dir", type=Path, help="run folder: uses quantized/, else merged/")
+    src.add_argument("--model-dir", type=Path, help="a full classifier folder")
+    p.add_argument("--tokenizer-dir", type=Path, help="when the model folder has no tokenizer")
+    p.add_argument("--out", type=Path, required=True, help="the dataset folder (replaced)")
+    p.add_argument("--kaggle-user", required=True)
+    p.add_argument("--slug", default="arena-distill-model")
+    p.add_argument("--title", default="arena-distill model")
+    p.add_argument("--no-deps", action="store_true", help="only the project's own wheel")
+    p.add_argument("--with", dest="with_", action="append", default=[], metavar="REQ")
+    p.add_argument("--without", action="append", default=[], metavar="NAME")
+    p.add_argument("--find-links", action="append", default=[], metavar="DIR_OR_URL")
+    p.add_argument("--python-version", default="3.11", help="Kaggle's Python (default 3.11)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides of the run's config")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    metadata = dataset_metadata(args.kaggle_user, args.slug, args.title)
+    model_dir = choose_model_dir(args.run_dir, args.model_dir)
+    cfg, cfg_source = run_config(args.run_dir, args.overrides)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    prompt = OmegaConf.to_container(cfg.prompt, resolve=True)
+    predict = {
+        k: v
+        for k, v in OmegaConf.to_container(cfg.stages.predict, resolve=True).items()
+        if k not in RUN_PATHS
+    }
+    tokenizer_dir = args.tokenizer_dir or Path(str(model_cfg.get("name_or_path", "")))
+
+    with atomic_dir(args.out) as tmp:
+        copy_model(model_dir, tmp / "model", tokenizer_dir)
+        write_prompt_file(
+            tmp / "model",
+            prompt=prompt,
+            model_cfg=model_cfg,
+            predict=predict,
+            source={"model_dir": str(model_dir.resolve()), "config": cfg_source},
+        )
+        wheels = tmp / "wheels"
+        wheels.mkdir()
+        own = build_project_wheel(wheels)
+        log.info("project wheel: %s", own.name)
+        if not args.no_deps:
+            reqs = kaggle_requirements(args.with_, args.without)
+            failed = download_deps(reqs, wheels, args.python_version, args.find_links)
+            if failed:
+                raise SystemExit(
+                    f"no wheel for {failed} on Python {args.python_version} manylinux x86_64; "
+                    "add --find-links to a folder with one, or --without NAME"
+                )
+        (tmp / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    print(f"Kaggle dataset folder: {args.out} (model/ with {PROMPT_FILE}, wheels/)")
+    print("upload it with:")
+    print(f"  kaggle datasets create -p {args.out} --dir-mode zip")
+    print(f'  (a new version later: kaggle datasets version -p {args.out} -m "..." --dir-mode zip)')
+    return args.out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""The Kaggle path: packaging, the submission notebook end to end, and ``kaggle.predict_csv``
+against the predict stage, on the shared trained run's tiny Llama."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from arena_distill import kaggle
+from arena_distill.data.readers import read_sample_submission
+from arena_distill.stages import predict
+from arena_distill.stages.common import prompt_config
+from arena_distill.submission import read_submission, validate_submission
+from arena_distill.text import PromptConfig
+from tests.stages.conftest import small_cfg, small_overrides
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOK = REPO / "notebooks" / "submission.ipynb"
+FINAL = ["final_p_a", "final_p_b", "final_p_tie"]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location(
+        "package_kaggle", REPO / "scripts/package_kaggle.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def packaged(trained_run, tmp_path_factory) -> Path:  # noqa: F811
+    cfg = trained_run.cfg
+    out = tmp_path_factory.mktemp("kaggle") / "dataset"
+    model_dir = Path(cfg.stages.tiny_models.out_dir) / "tiny_llama"
+    _load_script().main(
+        [
+            "--model-dir",
+            str(model_dir),
+            "--out",
+            str(out),
+            "--kaggle-user",
+            "tester",
+            "--slug",
+            "arena-distill-test",
+            "--title",
+            "arena-distill test model",
+            "--no-deps",
+            "--",
+            *small_overrides(trained_run.root),
+        ]
+    )
+    return out
+
+
+def test_package_layout_metadata_model_and_wheel(packaged, trained_run):  # noqa: F811
+    cfg = trained_run.cfg
+    assert sorted(p.name for p in packaged.iterdir()) == [
+        "dataset-metadata.json",
+        "model",
+        "wheels",
+    ]
+    meta = json.loads((packaged / "dataset-metadata.json").read_text())
+    assert meta == {
+        "title": "arena-distill test model",
+        "id": "tester/arena-distill-test",
+        "licenses": [{"name": "apache-2.0"}],
+    }
+    wheels = [p.name for p in (packaged / "wheels").iterdir()]
+    assert len(wheels) == 1 and wheels[0].startswith("arena_distill-")
+    assert wheels[0].endswith("-py3-none-any.whl")
+    info = kaggle.read_prompt_file(packaged / "model")
+    assert PromptConfig.from_dict(info["prompt"]) == prompt_config(cfg)
+    assert info["model"]["family"] == "llama" and "name_or_path" not in info["model"]
+    assert info["predict"]["tta"] is True and "out_dir" not in info["predict"]
+    # the model reloads from the packaged folder, with the same weights
+    source = Path(cfg.stages.tiny_models.out_dir) / "tiny_llama"
+    a = AutoModelForSequenceClassification.from_pretrained(source).eval()
+    b = AutoModelForSequenceClassification.from_pretrained(packaged / "model").eval()
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(a(input_ids=ids).logits, b(input_ids=ids).logits)
+
+
+def _kernel(tmp: Path, no_configs: Path) -> str:
+    """A kernelspec running this interpreter, with no configs/ reachable (the wheel case)."""
+    spec = tmp / "kernels" / "arena-distill-test"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "arena-distill test",
+                "language": "python",
+                "env": {"ARENA_DISTILL_CONFIG_DIR": str(no_configs), "HF_HUB_OFFLINE": "1"},
+            }
+        )
+    )
+    return "arena-distill-test"
+
+
+def test_notebook_writes_a_valid_submission(packaged, trained_run, tmp_path, monkeypatch):  # noqa: F811
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    demo = Path(trained_run.cfg.stages.demo_data.out_dir)
+    out_csv = tmp_path / "working" / "submission.csv"
+    work_dir = tmp_path / "working" / "arena_distill"
+    params = {
+        "DATASET_DIR": str(packaged),
+        "WHEELS_DIR": str(packaged / "wheels"),
+        "MODEL_DIR": str(packaged / "model"),
+        "ADAPTER_DIR": None,
+        "TEST_CSV": str(demo / "test.csv"),
+        "SAMPLE_SUBMISSION": str(demo / "sample_submission.csv"),
+        "OUT_CSV": str(out_csv),
+        "WORK_DIR": str(work_dir),
+        "TTA": True,
+        "TIME_BUDGET_HOURS": 9.0,
+        "MAX_LENGTH": 128,
+        "BATCH_SIZE": 4,
+        "DEVICES": "cpu",
+    }
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1 and all(not c.get("outputs") for c in nb.cells if "outputs" in c)
+    names = {
+        line.split("=")[0].strip()
+        for line in cells[0].source.splitlines()
+        if "=" in line and not line.startswith("#")
+    }
+    assert names == set(params), "the test must set every notebook parameter"
+    cells[0].source = "\n".join(f"{k} = {v!r}" for k, v in params.items())
+    no_configs = tmp_path / "no-configs"
+    no_configs.mkdir()
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    kernel = _kernel(tmp_path / "jupyter", no_configs)
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name=kernel, resources={"metadata": {"path": str(tmp_path)}}
+    )
+    t0 = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - t0
+    assert seconds < 120, f"the notebook took {seconds:.0f} s"
+
+    test_ids = pd.read_csv(demo / "test.csv", dtype={"id": str})["id"].tolist()
+    sub = read_submission(out_csv)
+    assert list(sub.columns) == ["id", "winner_model_a", "winner_model_b", "winner_tie"]
+    assert sorted(sub["id"]) == sorted(test_ids) and sub["id"].is_unique
+    p = sub.iloc[:, 1:].to_numpy(dtype=np.float64)
+    assert np.isfinite(p).all() and ((p > 0) & (p < 1)).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)
+    sample = read_sample_submission(demo / "sample_submission.csv")["id"].tolist()
+    validate_submission(sub, test_ids, sample_ids=sample, clip_eps=1e-6)
+    metrics = json.loads((work_dir / "predictions" / "metrics.json").read_text())
+    assert metrics["tta"] is True and metrics["max_length"] == 128
+    assert metrics["devices"] == ["cpu"] and metrics["guard"]["action"] == "none"
+    shown = "".join(
+        o.get("text", "") + json.dumps(o.get("data", {}))
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+    )
+    assert "winner_model_a" in shown and "guard" in shown
+
+
+def test_predict_csv_equals_the_predict_stage(trained_run, tmp_path):  # noqa: F811
+    root = trained_run.root
+    cfg = trained_run.cfg
+    model_dir = Path(cfg.stages.tiny_models.out_dir) / "tiny_llama"
+    demo = Path(cfg.stages.demo_data.out_dir)
+    stage_cfg = small_cfg(
+        root,
+        f"stages.predict.model_dir={model_dir}",
+        f"stages.predict.out_dir={tmp_path}/stage",
+        f"stages.tokenize.cache_dir={tmp_path}/cache",
+        "stages.predict.max_length=null",
+        "stages.predict.progress=false",
+        "stages.predict.batch_size=4",
+        "stages.predict.time_budget_hours=null",
+        "stages.predict.postprocess.enabled=true",
+    )
+    stage_out = predict.run(stage_cfg)
+    out_csv = kaggle.predict_csv(
+        demo / "test.csv",
+        model_dir,
+        tmp_path / "kaggle" / "submission.csv",
+        sample_submission=demo / "sample_submission.csv",
+        prompt=prompt_config(cfg),
+        model_cfg=dict(cfg.model),
+        tta=True,
+        devices="cpu",
+        time_budget_hours=None,
+        max_length=cfg.prompt.max_length,
+        batch_size=4,
+        postprocess=True,
+        progress=False,
+    )
+    a = pd.read_parquet(stage_out / "predictions.parquet")
+    b = pd.read_parquet(
+        tmp_path / "kaggle" / "arena_distill" / "predictions" / "predictions.parquet"
+    )
+    assert a["id"].tolist() == b["id"].tolist()
+    prob_cols = [c for c in a.columns if c.startswith(("p_", "tta_p_", "final_p_"))]
+    assert set(FINAL) <= set(prob_cols) and any(c.startswith("tta_p_") for c in prob_cols)
+    np.testing.assert_allclose(a[prob_cols].to_numpy(), b[prob_cols].to_numpy(), atol=1e-6)
+    assert a["postprocess_rule"].tolist() == b["postprocess_rule"].tolist()
+    sa = read_submission(stage_out / "submission.csv")
+    sb = read_submission(out_csv)
+    assert sa["id"].tolist() == sb["id"].tolist()
+    np.testing.assert_allclose(sa.iloc[:, 1:].to_numpy(), sb.iloc[:, 1:].to_numpy(), atol=1e-6)
