@@ -47,9 +47,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -59,6 +57,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from arena_distill.data.schema import DataError
+from arena_distill.io import write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -522,19 +521,6 @@ def cache_key(
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _write_parquet_atomic(table: Any, path: Path) -> None:
-    import pyarrow.parquet as pq
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def tokenize_cached(
     df: pd.DataFrame,
     tokenizer: Any,
@@ -584,7 +570,7 @@ def tokenize_cached(
     ).replace_schema_metadata(
         {"arena_distill.prompt_config": json.dumps(cfg.to_dict()), "format": str(FORMAT_VERSION)}
     )
-    _write_parquet_atomic(table, path)
+    write_parquet(table, path)
     log.info("token cache written: %s (%d rows)", path, len(ids))
     out = pd.DataFrame({"id": row_ids, "input_ids": ids, "length": lengths})
     out.attrs["cache_hit"] = False

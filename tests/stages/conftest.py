@@ -39,6 +39,8 @@ def small_overrides(root: Path) -> list[str]:
         "stages.demo_data.n_pretrain=48",
         "stages.tiny_models.vocab_size=512",
         "stages.tiny_models.hidden_size=64",
+        "stages.tiny_models.num_heads=2",
+        "stages.tiny_models.num_kv_heads=1",
         "stages.tiny_models.intermediate_size=128",
         "prompt.max_length=128",
         *train,

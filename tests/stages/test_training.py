@@ -19,7 +19,7 @@ from arena_distill.collate import PreferenceCollator
 from arena_distill.data.folds import read_folds, split_by_fold
 from arena_distill.models.factory import build_model, load_for_inference
 from arena_distill.stages import dump_logits, teacher
-from arena_distill.stages.common import data_key, encodings, load_run_data, prompt_config
+from arena_distill.stages.common import labelled_encodings, load_run_data
 from arena_distill.train import (
     LOGIT_COLS,
     KillAfterSave,
@@ -84,13 +84,7 @@ def test_adapter_reloads_and_reproduces_its_oof_predictions(run):
     out = Path(cfg.stages.teacher.out_dir)
     model, tok = load_for_inference(cfg.model, out / "fold_1" / "adapter")
     rd = load_run_data(cfg)
-    enc = encodings(
-        rd.labelled,
-        tok,
-        prompt_config(cfg),
-        cfg,
-        data_key(rd.data_dir / "train.parquet", rd.data_dir / "extra.parquet"),
-    )
+    enc = labelled_encodings(cfg, rd, tok)
     oof = pd.read_parquet(out / "fold_1" / "oof.parquet")
     trainer = PreferenceTrainer(
         model=model,
@@ -122,13 +116,7 @@ def test_training_lowers_the_loss_on_demo_data(run):
     root, cfg = run
     rd = load_run_data(cfg)
     model, tok = build_model(cfg.model, train=True)
-    enc = encodings(
-        rd.labelled,
-        tok,
-        prompt_config(cfg),
-        cfg,
-        data_key(rd.data_dir / "train.parquet", rd.data_dir / "extra.parquet"),
-    )
+    enc = labelled_encodings(cfg, rd, tok)
     rows = rd.train
     ids, labels = rows["id"].tolist(), rows["label"].astype(int).tolist()
     examples = examples_for(ids, labels, enc)
@@ -169,13 +157,7 @@ def test_resume_after_a_kill_reaches_the_same_result(run, eval_steps, kill_at):
     extra = [] if eval_steps is None else [f"stages.teacher.eval_steps={eval_steps}"]
     rd = load_run_data(cfg)
     _, tok = build_model(cfg.model, train=False)
-    enc = encodings(
-        rd.labelled,
-        tok,
-        prompt_config(cfg),
-        cfg,
-        data_key(rd.data_dir / "train.parquet", rd.data_dir / "extra.parquet"),
-    )
+    enc = labelled_encodings(cfg, rd, tok)
 
     def train(name: str, callbacks=()):
         out = root / f"resume-{name}-{kill_at}"
@@ -221,13 +203,7 @@ def test_qlora_trains_through_the_trainer_on_cpu(run):
     model, tok = build_model(mcfg, train=True)
     lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
     rd = load_run_data(cfg)
-    enc = encodings(
-        rd.labelled,
-        tok,
-        prompt_config(cfg),
-        cfg,
-        data_key(rd.data_dir / "train.parquet", rd.data_dir / "extra.parquet"),
-    )
+    enc = labelled_encodings(cfg, rd, tok)
     rows = rd.train.iloc[:24]
     examples = make_examples(
         rows["id"].tolist(), rows["label"].astype(int).tolist(), enc, swap="none"

@@ -9,8 +9,6 @@ later stage) are kept with arrow's own type inference.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from arena_distill.data.schema import DataError, check_table
+from arena_distill.io import write_parquet
 
 _TURNS = pa.list_(pa.string())
 ARROW_TYPES: dict[str, pa.DataType] = {
@@ -74,18 +73,7 @@ def save_table(df: pd.DataFrame, path: str | Path) -> Path:
     ``os.replace``, so a crash never leaves a half-written table for the next stage.
     """
     check_table(df, name=str(path))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = _to_arrow(df)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_parquet(_to_arrow(df), path)
 
 
 def load_table(path: str | Path) -> pd.DataFrame:

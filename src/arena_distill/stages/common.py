@@ -65,6 +65,15 @@ def encodings(
     return encoding_map(enc)
 
 
+def labelled_encodings(
+    cfg: DictConfig, run: RunData, tokenizer, max_length: int | None = None
+) -> dict[tuple[str, bool], list[int]]:
+    """``{(id, swapped): ids}`` of every labelled row (train and extra), with the run's prompt
+    config and a stage's own token budget; the key every training-side stage shares."""
+    key = data_key(run.data_dir / "train.parquet", run.data_dir / "extra.parquet")
+    return encodings(run.labelled, tokenizer, prompt_config(cfg, max_length), cfg, key)
+
+
 def data_key(*paths: Path) -> str:
     return ":".join(file_sha256(p)[:16] for p in paths)
 

@@ -29,11 +29,9 @@ from arena_distill.io import (
 )
 from arena_distill.models.factory import load_for_inference
 from arena_distill.stages.common import (
-    data_key,
-    encodings,
     is_main_process,
+    labelled_encodings,
     load_run_data,
-    prompt_config,
     train_device,
 )
 from arena_distill.stages.teacher import fold_dir
@@ -59,8 +57,6 @@ def run(cfg: DictConfig) -> Path:
     bad = set(scfg.orientations) - set(ORIENTATIONS)
     if bad:
         raise ValueError(f"orientations must be among {sorted(ORIENTATIONS)}, got {sorted(bad)}")
-    # the token budget the teacher trained with
-    prompt = prompt_config(cfg, cfg.stages.teacher.get("max_length"))
     data_files = [run_data.data_dir / f for f in ("train.parquet", "extra.parquet", "folds.csv")]
     for fold in range(run_data.n_folds):
         require_fresh(fold_dir(teacher_dir, fold), data_files, stage="teacher")
@@ -71,13 +67,7 @@ def run(cfg: DictConfig) -> Path:
             cfg.model, fold_dir(teacher_dir, fold) / "adapter", device=train_device()
         )
         if enc is None:
-            enc = encodings(
-                run_data.labelled,
-                tokenizer,
-                prompt,
-                cfg,
-                data_key(run_data.data_dir / "train.parquet", run_data.data_dir / "extra.parquet"),
-            )
+            enc = labelled_encodings(cfg, run_data, tokenizer, cfg.stages.teacher.get("max_length"))
         trainer = PreferenceTrainer(
             model=model,
             args=inference_arguments(out_dir.parent / f".work-{out_dir.name}", scfg.batch_size),

@@ -38,6 +38,7 @@ from arena_distill.io import (
     require_stage_output,
     write_json,
     write_manifest,
+    write_parquet,
 )
 from arena_distill.losses import LossFn, cross_entropy
 from arena_distill.metrics import prior_log_loss
@@ -45,12 +46,10 @@ from arena_distill.models.factory import build_model, count_parameters, load_tok
 from arena_distill.stages.common import (
     RunData,
     barrier,
-    data_key,
-    encodings,
     folds_to_run,
     is_main_process,
+    labelled_encodings,
     load_run_data,
-    prompt_config,
     remove_dir,
     train_device,
 )
@@ -207,8 +206,7 @@ def combine_folds(cfg: DictConfig, out_dir: Path, n_folds: int, *, stage: str) -
         "fold_log_loss": [m["log_loss"] for m in per_fold],
         "fold_log_loss_tta": [m["log_loss_tta"] for m in per_fold],
     }
-    oof.to_parquet(out_dir / ".oof.parquet.tmp", index=False)
-    (out_dir / ".oof.parquet.tmp").replace(out_dir / "oof.parquet")
+    write_parquet(oof, out_dir / "oof.parquet")
     write_json(out_dir / "metrics.json", metrics)
     write_manifest(
         out_dir,
@@ -242,14 +240,7 @@ def run_folds(
     run = load_run_data(cfg)
     init_adapter = pretrain_adapter(cfg) if scfg.init_from_pretrain else None
     tokenizer = load_tokenizer(cfg.model)
-    prompt = prompt_config(cfg, scfg.get("max_length"))
-    enc = encodings(
-        run.labelled,
-        tokenizer,
-        prompt,
-        cfg,
-        data_key(run.data_dir / "train.parquet", run.data_dir / "extra.parquet"),
-    )
+    enc = labelled_encodings(cfg, run, tokenizer, scfg.get("max_length"))
     data_files = [
         run.data_dir / "train.parquet",
         run.data_dir / "extra.parquet",
