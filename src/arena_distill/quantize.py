@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from arena_distill.models.factory import pin_eager_attention
 from arena_distill.text import PromptConfig, _row_texts, encode_table, render_text
 
 CPU_WORKERS_ENV = "GPTQMODEL_CPU_WORKERS"
@@ -336,9 +337,8 @@ def save_quantized(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Non
         # The saved quantization_config comes back with block_name_to_quantize=None; reloading
         # BERT then fails ("Block pattern could not be match"): write it back.
         data["quantization_config"]["block_name_to_quantize"] = block
-    if model.config.model_type == "gemma2":
-        data["attn_implementation"] = "eager"
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    pin_eager_attention(out_dir)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -303,6 +303,19 @@ def load_for_inference(
     return model.eval(), tokenizer
 
 
+def pin_eager_attention(folder: str | Path) -> None:
+    """Write ``attn_implementation: eager`` into a saved Gemma-2 folder's ``config.json``.
+
+    transformers 5 does not serialise the attention choice, and a plain ``from_pretrained``
+    of Gemma-2 with sdpa silently drops logit softcapping (STACK.md); the key makes a reload
+    without arguments pick eager again. Other model types are left as they are."""
+    path = Path(folder) / "config.json"
+    data = json.loads(path.read_text())
+    if data.get("model_type") == "gemma2":
+        data["attn_implementation"] = "eager"
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; a 4-bit tensor counts its unpacked weights."""
     trainable = total = 0
