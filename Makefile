@@ -26,7 +26,7 @@ FOLD_ARG = $(if $(FOLD),stages.teacher.folds=$(FOLD))
 DISTILL_FOLD_ARG = $(if $(FOLD),stages.distill.folds=$(FOLD))
 
 .PHONY: help setup test test-slow test-all lint format demo demo-data data tiny-models tokenize \
-	pretrain train-teacher dump-logits distill merge quantize predict predict-holdout report kaggle-package clean
+	pretrain train-teacher dump-logits distill merge quantize predict predict-holdout baselines report kaggle-package clean
 
 help:
 	@echo "make setup      create $(VENV) and install the package with the dev extra"
@@ -36,7 +36,7 @@ help:
 	@echo "make lint       ruff"
 	@echo "stages (ARGS=\"hydra overrides\"): demo-data data tiny-models tokenize"
 	@echo "  pretrain train-teacher dump-logits distill (MODEL=name, FOLD=k, LAUNCH=\"accelerate launch ...\")"
-	@echo "  merge quantize predict predict-holdout report kaggle-package"
+	@echo "  merge quantize predict predict-holdout baselines report kaggle-package"
 
 setup: $(STAMP)
 
@@ -113,6 +113,10 @@ predict-holdout: setup
 	    "stages.predict.adapter_dir=\$${stages.distill.out_dir}/fold_$$k/adapter" \
 	    "stages.predict.out_dir=\$${run_dir}/holdout/fold_$$k" || exit 1; done
 
+# class prior, length LR, TF-IDF LR on the same rows and folds (runs/<run>/baselines/)
+baselines: setup
+	$(STAGE) baselines $(ARGS)
+
 report: setup
 	$(STAGE) report $(ARGS)
 
@@ -136,6 +140,7 @@ demo: setup
 	$(MAKE) --no-print-directory quantize ARGS="$(DEMO)"
 	$(MAKE) --no-print-directory predict ARGS="$(DEMO)"
 	$(MAKE) --no-print-directory predict-holdout ARGS="$(DEMO)"
+	$(MAKE) --no-print-directory baselines ARGS="$(DEMO)"
 	$(MAKE) --no-print-directory report ARGS="$(DEMO)"
 	@echo
 	@echo "submission:  runs/demo/predictions/submission.csv"

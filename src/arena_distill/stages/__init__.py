@@ -17,5 +17,6 @@ STAGES: dict[str, str] = {
     "merge": "arena_distill.stages.merge",
     "quantize": "arena_distill.stages.quantize",
     "predict": "arena_distill.stages.predict",
+    "baselines": "arena_distill.stages.baselines",
     "report": "arena_distill.stages.report",
 }
