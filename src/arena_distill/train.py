@@ -217,6 +217,19 @@ def ddp_backend() -> str | None:
     return "gloo" if multi and not torch.cuda.is_available() else None
 
 
+def _runtime_arguments() -> dict:
+    """What every Trainer here shares: device, launcher backend, plain example dicts, no
+    external loggers."""
+    return {
+        "use_cpu": not torch.cuda.is_available(),
+        "ddp_backend": ddp_backend(),
+        "dataloader_num_workers": 0,
+        "remove_unused_columns": False,
+        "label_names": ["labels"],
+        "report_to": "none",
+    }
+
+
 def training_arguments(
     settings: TrainSettings, work_dir: Path, *, world_size: int = 1, has_eval: bool = True
 ) -> TrainingArguments:
@@ -269,12 +282,7 @@ def training_arguments(
         logging_steps=settings.logging_steps,
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         bf16=bf16,
-        use_cpu=not cuda,
-        ddp_backend=ddp_backend(),
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
-        label_names=["labels"],
-        report_to="none",
+        **_runtime_arguments(),
         disable_tqdm=False,
         **settings.extra,
     )
@@ -287,12 +295,7 @@ def inference_arguments(work_dir: str | Path, batch_size: int = 8) -> TrainingAr
         output_dir=str(work_dir),
         per_device_eval_batch_size=batch_size,
         bf16_full_eval=cuda and torch.cuda.is_bf16_supported(),
-        use_cpu=not cuda,
-        ddp_backend=ddp_backend(),
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
-        label_names=["labels"],
-        report_to="none",
+        **_runtime_arguments(),
     )
 
 

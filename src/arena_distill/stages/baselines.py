@@ -23,14 +23,14 @@ from arena_distill.data.folds import split_by_fold
 from arena_distill.io import StageTimer, atomic_dir, write_json, write_manifest
 from arena_distill.metrics import accuracy, log_loss
 from arena_distill.stages.common import load_run_data
+from arena_distill.train import PROB_COLS
 
 log = logging.getLogger(__name__)
-PROB_COLS = ["p_a", "p_b", "p_tie"]
 
 
 def _table(rows: pd.DataFrame, probs: np.ndarray, **extra) -> pd.DataFrame:
     df = pd.DataFrame({"id": rows["id"].to_numpy(), **extra, "label": rows["label"].astype(int)})
-    df[PROB_COLS] = probs
+    df[list(PROB_COLS)] = probs
     return df
 
 
@@ -55,8 +55,8 @@ def run(cfg: DictConfig) -> Path:
             oof = pd.concat(parts, ignore_index=True)
             y = oof["label"].to_numpy()
             metrics = {
-                "oof_log_loss": log_loss(oof[PROB_COLS].to_numpy(), y),
-                "oof_accuracy": accuracy(oof[PROB_COLS].to_numpy(), y),
+                "oof_log_loss": log_loss(oof[list(PROB_COLS)].to_numpy(), y),
+                "oof_accuracy": accuracy(oof[list(PROB_COLS)].to_numpy(), y),
                 "fold_log_loss": fold_scores,
             }
             folder = tmp / name
