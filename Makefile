@@ -19,13 +19,14 @@ TRAIN_STAGE = $(LAUNCH) -m arena_distill
 MODEL ?=
 FOLD ?=
 config_value = $(shell $(PY) -m arena_distill.config $(1) $(2))
+config_value_or_empty = $(shell $(PY) -m arena_distill.config $(1) $(2) 2>/dev/null)
 TEACHERS = $(or $(MODEL),$(call config_value,pipeline.teachers,$(ARGS)))
 STUDENT = $(or $(MODEL),$(call config_value,pipeline.student,$(ARGS)))
 PRETRAIN_MODELS = $(or $(MODEL),$(call config_value,pipeline.teachers,$(ARGS)) $(call config_value,pipeline.student,$(ARGS)))
 FOLD_ARG = $(if $(FOLD),stages.teacher.folds=$(FOLD))
 DISTILL_FOLD_ARG = $(if $(FOLD),stages.distill.folds=$(FOLD))
 
-.PHONY: help setup test test-slow test-all lint format demo demo-data data tiny-models tokenize \
+.PHONY: help setup test test-slow test-all lint format demo pipeline demo-data data tiny-models tokenize \
 	pretrain train-teacher dump-logits distill merge quantize predict predict-holdout baselines report kaggle-package clean
 
 help:
@@ -33,6 +34,8 @@ help:
 	@echo "make test       the default test suite (what CI runs)"
 	@echo "make test-slow  the slow-marked tests"
 	@echo "make demo       the whole pipeline on the embedded demo (CPU, tiny models)"
+	@echo "make pipeline   the whole pipeline on your CSV: EXPERIMENT=cpu_real TRAIN=a.csv[,b.csv] OUT=dir"
+	@echo "                [PRETRAIN=c.csv[,d.csv]] [ABLATE=1: also the student without teacher terms]"
 	@echo "make lint       ruff"
 	@echo "stages (ARGS=\"hydra overrides\"): demo-data data tiny-models tokenize"
 	@echo "  pretrain train-teacher dump-logits distill (MODEL=name, FOLD=k, LAUNCH=\"accelerate launch ...\")"
@@ -145,6 +148,37 @@ demo: setup
 	@echo
 	@echo "submission:  runs/demo/predictions/submission.csv"
 	@echo "OOF summary: runs/demo/report/report.md (and report.html, metrics.json)"
+
+# --- the whole chain on any competition-format file(s) ---------------------------------------
+#   make pipeline EXPERIMENT=cpu_real TRAIN=../shared/data/preference/llmeval2.csv OUT=runs/llmeval2
+# TRAIN=a.csv,b.csv trains on the union of the files (ids must differ); PRETRAIN=c.csv[,d.csv]
+# post-pretrains every model on those files first and starts teachers and student from that
+# adapter; ABLATE=1 also trains the same student without teacher terms (kl = cos = 0) into
+# students/<student>_ce_only, which the report shows beside the distilled one. ARGS adds overrides.
+EXPERIMENT ?= cpu_real
+TRAIN ?=
+OUT ?=
+PRETRAIN ?=
+ABLATE ?=
+PIPE = experiment=$(EXPERIMENT) $(if $(TRAIN),'data.train.path=[$(TRAIN)]') $(if $(OUT),'run_dir=$(OUT)') \
+	$(if $(PRETRAIN),'data.pretrain=[$(PRETRAIN)]' stages.teacher.init_from_pretrain=true stages.distill.init_from_pretrain=true) $(ARGS)
+CE_ONLY = stages.distill.weights.kl=0 stages.distill.weights.cos=0 \
+	'stages.distill.out_dir=$(call config_value,run_dir,$(PIPE))/students/$(call config_value,pipeline.student,$(PIPE))_ce_only'
+pipeline: setup
+	$(STAGE) data $(PIPE)
+	$(if $(PRETRAIN),$(MAKE) --no-print-directory pretrain ARGS="$(PIPE)")
+	$(MAKE) --no-print-directory train-teacher ARGS="$(PIPE)"
+	$(MAKE) --no-print-directory dump-logits ARGS="$(PIPE)"
+	$(MAKE) --no-print-directory distill ARGS="$(PIPE)"
+	$(if $(ABLATE),$(MAKE) --no-print-directory distill ARGS="$(PIPE) $(CE_ONLY)")
+	$(MAKE) --no-print-directory merge ARGS="$(PIPE)"
+	$(MAKE) --no-print-directory quantize ARGS="$(PIPE)"
+	$(if $(call config_value_or_empty,data.test.path,$(PIPE)),$(MAKE) --no-print-directory predict ARGS="$(PIPE)",@echo "no data.test: no submission.csv (the holdout is scored instead)")
+	$(MAKE) --no-print-directory predict-holdout ARGS="$(PIPE)"
+	$(MAKE) --no-print-directory baselines ARGS="$(PIPE)"
+	$(MAKE) --no-print-directory report ARGS="$(PIPE)"
+	@echo
+	@echo "report: $(call config_value,run_dir,$(PIPE))/report/report.md (and report.html, metrics.json)"
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache .ruff_cache

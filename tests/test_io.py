@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import resource
+import sys
+import types
 
 import pytest
 
@@ -12,6 +15,7 @@ from arena_distill.io import (
     atomic_dir,
     describe_inputs,
     file_sha256,
+    peak_rss_mb,
     require_stage_output,
     write_manifest,
 )
@@ -49,6 +53,33 @@ def test_manifest_records_config_inputs_versions_timings(tmp_path):
     assert on_disk["inputs"] == [{"path": str(src), "bytes": 5, "sha256": file_sha256(src)}]
     assert on_disk["versions"]["torch"] and on_disk["versions"]["transformers"] == "5.17.0"
     assert "read" in on_disk["timings"]["phases"]
+    assert on_disk["timings"]["peak_rss_mb"] > 0
+
+
+def test_timer_records_peak_memory(monkeypatch):
+    d = StageTimer().to_dict()
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
+    assert d["peak_rss_mb"] == peak_rss_mb() > 0
+    if sys.platform.startswith("linux"):
+        assert d["peak_rss_mb"] == pytest.approx(kib / 1024, abs=0.1)
+    assert round(d["peak_rss_mb"], 1) == d["peak_rss_mb"]
+
+    def fake_torch(available: bool, initialized: bool = True) -> types.SimpleNamespace:
+        cuda = types.SimpleNamespace(
+            is_available=lambda: available,
+            is_initialized=lambda: initialized,
+            max_memory_allocated=lambda: 3 * 2**20 + 2**19,  # 3.5 MiB
+        )
+        return types.SimpleNamespace(cuda=cuda)
+
+    monkeypatch.setitem(sys.modules, "torch", fake_torch(False))
+    assert "peak_cuda_mb" not in StageTimer().to_dict()
+    monkeypatch.setitem(sys.modules, "torch", fake_torch(True))
+    assert StageTimer().to_dict()["peak_cuda_mb"] == 3.5
+    monkeypatch.setitem(sys.modules, "torch", fake_torch(True, initialized=False))
+    assert StageTimer().to_dict()["peak_cuda_mb"] == 0.0
+    monkeypatch.delitem(sys.modules, "torch")
+    assert "peak_cuda_mb" not in StageTimer().to_dict()  # torch never imported: no GPU use
 
 
 def test_describe_inputs_walks_folders(tmp_path):

@@ -15,6 +15,7 @@ from arena_distill.data.tableio import save_table
 from arena_distill.io import StageInputError
 from arena_distill.report import (
     BUCKET_KINDS,
+    COST_KEYS,
     FOLDS_MEAN,
     METRICS_KEYS,
     ReportError,
@@ -23,9 +24,11 @@ from arena_distill.report import (
     bucket_log_loss,
     build_metrics,
     compare_runs,
+    cost_rows,
     fit_temperature,
     load_run,
     per_class_log_loss,
+    recipe_gains,
     temperature_scale,
     write_report,
 )
@@ -390,3 +393,114 @@ def test_outputs_built_on_other_data_refused(synthetic):
     (fold_dir / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(StageInputError, match="stale"):
         load_run(root)
+
+
+def _manifest(folder: Path, stage: str, timings: dict | None, outputs: dict | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    m = {"stage": stage, "inputs": [], "outputs": outputs or {}, "timings": timings}
+    (folder / "manifest.json").write_text(json.dumps(m))
+
+
+def test_cost_rows_from_every_manifest_of_the_run(synthetic, tmp_path):
+    root, _ = synthetic
+    train_tp = {"train_examples_per_s": 12.5, "train_tokens_per_s": 900.0}
+    oof_tp = {"rows_per_s": 40.0, "tokens_per_s": 3000.0}
+    _manifest(root / "data", "data", {"seconds": 1.5, "peak_rss_mb": 210.3})
+    _manifest(root / "teachers" / "m", "teacher", None, {"oof_log_loss": 1.0})
+    _manifest(
+        root / "teachers" / "m" / "fold_0",
+        "teacher",
+        {"seconds": 30.26, "peak_rss_mb": 800.0, "peak_cuda_mb": 5000.5},
+        {"throughput": {**train_tp, **oof_tp}},
+    )
+    _manifest(
+        root / "holdout" / "merged",
+        "predict",
+        {"seconds": 4.0, "peak_rss_mb": 500.0},
+        {"throughput": {"rows": 30, "rows_per_s": 15.0, "tokens_per_s": 1100.0}},
+    )
+    # not stage outputs: logs, work folders, a half-written folder, the report itself
+    _manifest(root / "logs" / "teacher" / "t0", "teacher", {"seconds": 9.0})
+    _manifest(root / "teachers" / "m" / ".work" / "fold_1", "teacher", {"seconds": 9.0})
+    _manifest(root / ".work-pretrain", "pretrain", {"seconds": 9.0})
+    _manifest(root / ".merged.tmp-12", "merge", {"seconds": 9.0})
+    _manifest(root / "report", "report", {"seconds": 9.0})
+    rows = cost_rows(root)
+    assert [r["output"] for r in rows] == [
+        "data",
+        "holdout/merged",
+        "teachers/m",
+        "teachers/m/fold_0",
+    ]
+    assert all(tuple(r) == COST_KEYS for r in rows)
+    by = {r["output"]: r for r in rows}
+    assert by["data"] == {
+        "output": "data",
+        "stage": "data",
+        "seconds": 1.5,
+        "train_examples_per_s": None,
+        "train_tokens_per_s": None,
+        "rows_per_s": None,
+        "tokens_per_s": None,
+        "peak_rss_mb": 210.3,
+        "peak_cuda_mb": None,
+    }
+    assert by["teachers/m/fold_0"] == {
+        "output": "teachers/m/fold_0",
+        "stage": "teacher",
+        "seconds": 30.26,
+        **train_tp,
+        **oof_tp,
+        "peak_rss_mb": 800.0,
+        "peak_cuda_mb": 5000.5,
+    }
+    assert by["holdout/merged"]["rows_per_s"] == 15.0
+    assert by["holdout/merged"]["train_examples_per_s"] is None
+    assert by["teachers/m"]["seconds"] is None and by["teachers/m"]["stage"] == "teacher"
+
+    out = tmp_path / "report"
+    m = write_report(load_run(root), out, plots=False)
+    assert m["cost"] == rows
+    assert json.loads((out / "metrics.json").read_text())["cost"] == rows
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    assert "## Cost" in md and "<h2>Cost</h2>" in html
+    assert (
+        "| output | stage | seconds | train examples/s | train tokens/s | inference rows/s |" in md
+    )
+    assert (
+        "| teachers/m/fold_0 | teacher | 30.3 | 12.5 | 900 | 40.0 | 3,000 | 800.0 | 5,000.5 |" in md
+    )
+    assert "| data | data | 1.5 |  |  |  |  | 210.3 |  |" in md
+    assert "<td>teachers/m/fold_0</td>" in html
+
+
+def test_cost_section_without_manifests(synthetic, tmp_path):
+    root, _ = synthetic
+    m = write_report(load_run(root), tmp_path / "report", plots=False)
+    assert m["cost"] == []
+    assert "No stage manifests" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_recipe_gains_compare_each_step_exactly():
+    oof = {
+        "student/s": 0.90,
+        "student/s+tta": 0.88,
+        "student/s_ce_only": 0.95,
+        "student/s_ce_only+tta": 0.91,
+        "teacher/t": 0.80,
+    }
+    holdout = {"folds_mean": 0.92, "folds_mean+tta": 0.90, "merged": 0.93, "quantized": 0.94}
+    gains = {(g["step"], g["compared"]): g for g in recipe_gains(oof, holdout)}
+    assert set(gains) == {
+        ("distillation", "student/s_ce_only → student/s"),
+        ("distillation", "student/s_ce_only+tta → student/s+tta"),
+        ("merge", "folds_mean → merged"),
+        ("quantization", "merged → quantized"),
+    }
+    assert gains["distillation", "student/s_ce_only → student/s"]["gain"] == pytest.approx(0.05)
+    assert gains["distillation", "student/s_ce_only+tta → student/s+tta"]["rows"] == "oof"
+    assert gains["merge", "folds_mean → merged"]["gain"] == pytest.approx(-0.01)
+    q = gains["quantization", "merged → quantized"]
+    assert (q["baseline"], q["with"], q["rows"]) == (0.93, 0.94, "holdout")
+    assert recipe_gains({"student/s": 0.9}, {}) == []

@@ -588,3 +588,39 @@ def test_fingerprints_are_stable_and_sensitive(bpe_tok, bert_tok):
     assert T.tokenizer_fingerprint(bpe_tok) != T.tokenizer_fingerprint(bert_tok)
     # Lone surrogates (present in Kaggle data) do not break hashing.
     T.table_fingerprint(make_df([(["\ud83d"], ["x"], ["y"])]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Length hint
+# ---------------------------------------------------------------------------------------------
+
+
+def test_length_hint_counts_the_uncut_answer(bpe_tok):
+    long_a = " ".join(["word"] * 500)
+    cfg = PromptConfig(max_words_response=20, length_hint="({size}, {words} words) ")
+    assert T.length_hint("a b c", cfg.length_hint) == "(tiny, 3 words) "
+    assert [
+        T.length_hint(" ".join(["w"] * n), "{size}") for n in (9, 10, 39, 40, 119, 120, 299, 300)
+    ] == ["tiny", "short", "short", "medium", "medium", "long", "long", "very long"]
+    texts = T._row_texts("r", ["q"], [long_a], ["one two"], cfg)
+    assert texts[1] == ["(very long, 500 words) " + " ".join(["word"] * 20)]
+    assert texts[2] == ["(tiny, 2 words) one two"]
+    left = PromptConfig(truncation_side="left", length_hint="[{words}]")
+    assert T._row_texts("r", ["q"], ["x y"], ["z"], left)[1:] == [["x y[2]"], ["z[1]"]]
+    # the rendered text (GPTQ calibration) carries the same hints
+    assert render_text("q", "x y", "z", cfg) == (
+        'User question:\n"""q"""\nAnswer A:\n"""(tiny, 2 words) x y"""\n'
+        'Answer B:\n"""(tiny, 1 words) z"""\n'
+    )
+    # swapping A and B swaps the hints with the answers (swap augmentation stays exact)
+    df = make_df([(["q"], ["a b c"], ["d"])])
+    swapped = df.rename(columns={"response_a": "response_b", "response_b": "response_a"})
+    [fwd], [bwd] = encode_table(df, bpe_tok, cfg), encode_table(swapped, bpe_tok, cfg)
+    assert fwd != bwd
+    no_hint = encode_table(df, bpe_tok, PromptConfig(max_words_response=20))[0]
+    assert len(fwd) > len(no_hint)
+
+
+def test_length_hint_template_is_checked():
+    with pytest.raises(ValueError, match="length_hint"):
+        PromptConfig(length_hint="{chars} chars")

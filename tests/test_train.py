@@ -12,10 +12,13 @@ from arena_distill.losses import cross_entropy
 from arena_distill.metrics import (
     accuracy,
     class_prior,
+    count_tokens,
+    inference_throughput,
     log_loss,
     log_loss_from_logits,
     prior_log_loss,
     probs_from_logits,
+    training_throughput,
 )
 from arena_distill.train import (
     TrainSettings,
@@ -77,6 +80,33 @@ def test_collator_pads_flattens_pairs_and_counts_padding():
     assert PreferenceCollator(pad_token_id=0, pad_to_multiple_of=8)(
         [{"input_ids": [1, 2, 3], "labels": 0}]
     )["input_ids"].shape == (1, 8)
+
+
+def test_throughput_counts_rows_and_non_pad_tokens_of_every_orientation():
+    # ENC: a = 3 tokens (both orientations), b = 2 original, 4 swapped
+    original = examples_for(["a", "b"], [0, 1], ENC)
+    assert count_tokens(original) == (2, 5)
+    assert count_tokens(make_examples(["a", "b"], [0, 1], ENC, swap="random")) == (4, 12)
+    assert count_tokens(make_examples(["a", "b"], [0, 1], ENC, swap="full")) == (4, 12)
+    assert count_tokens([]) == (0, 0)
+    # 2 epochs of the random-swap examples in 2.5 s
+    assert training_throughput(2 * 4, 2 * 12, 2.5) == {
+        "train_examples": 8,
+        "train_tokens": 24,
+        "train_seconds": 2.5,
+        "train_examples_per_s": 3.2,
+        "train_tokens_per_s": 9.6,
+    }
+    # swap-TTA inference: both orientations of both rows in 0.5 s
+    assert inference_throughput(4, 12, 0.5) == {
+        "rows": 4,
+        "tokens": 12,
+        "seconds": 0.5,
+        "rows_per_s": 8.0,
+        "tokens_per_s": 24.0,
+    }
+    assert inference_throughput(3, 10, 0.0)["rows_per_s"] is None
+    assert training_throughput(3, 10, 0.0)["train_tokens_per_s"] is None
 
 
 def test_metrics_match_sklearn():

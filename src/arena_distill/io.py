@@ -4,7 +4,7 @@ Every stage writes its outputs into one folder under the run directory. It build
 temporary sibling folder and renames it into place at the end, so a killed stage never leaves a
 half-written output that a later stage could mistake for a finished one. Beside its outputs it
 writes ``manifest.json``: the resolved config, its inputs (paths, sizes, sha256), package
-versions and timings.
+versions and timings (wall time per phase, and the process's peak memory so far).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import subprocess
@@ -149,8 +150,29 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         shutil.rmtree(old)
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (0.1 resolution).
+
+    ``ru_maxrss`` is in KiB on Linux and in bytes on macOS. Child processes (multi-device
+    prediction workers) are not included."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
+
+
+def peak_cuda_mb() -> float | None:
+    """Peak CUDA memory allocated by torch in this process (current device), in MiB; None
+    without CUDA. Never imports torch itself: a process that has not imported it has
+    allocated nothing on a GPU (and io.py stays cheap to import)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    if not torch.cuda.is_initialized():  # nothing allocated; do not create a context to say so
+        return 0.0
+    return round(torch.cuda.max_memory_allocated() / (1 << 20), 1)
+
+
 class StageTimer:
-    """Wall-clock timings of a stage's phases, for the manifest."""
+    """Wall-clock timings of a stage's phases and peak memory, for the manifest."""
 
     def __init__(self) -> None:
         self.started = datetime.now(timezone.utc)
@@ -164,11 +186,19 @@ class StageTimer:
         self._last = now
 
     def to_dict(self) -> dict:
-        return {
+        """``started``, ``seconds`` (since the timer started), ``phases`` (seconds per lap),
+        ``peak_rss_mb`` (the process's peak resident memory so far) and, with CUDA,
+        ``peak_cuda_mb``."""
+        out: dict = {
             "started": self.started.isoformat(),
             "seconds": round(time.perf_counter() - self._t0, 3),
             "phases": self.phases,
+            "peak_rss_mb": peak_rss_mb(),
         }
+        cuda = peak_cuda_mb()
+        if cuda is not None:
+            out["peak_cuda_mb"] = cuda
+        return out
 
 
 def write_manifest(

@@ -13,7 +13,8 @@ swap-TTA probabilities), ``student/<model>[+tta]``, ``baseline/<name>``, ``merge
 
 ``build_metrics`` turns a loaded run into the ``metrics.json`` contract, ``render_report``
 into markdown + self-contained HTML, ``compare_runs`` puts two runs side by side on the same
-rows.
+rows. ``cost_rows`` collects what every stage output of the run cost (its manifest's timings
+and throughput) for the report's "Cost" section.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -34,7 +37,7 @@ from scipy.special import log_softmax, softmax
 
 from arena_distill.data.folds import read_folds
 from arena_distill.data.tableio import load_table
-from arena_distill.io import StageInputError, read_json, require_fresh, write_json
+from arena_distill.io import MANIFEST, StageInputError, read_json, require_fresh, write_json
 from arena_distill.metrics import EPS, accuracy, class_prior, log_loss
 from arena_distill.train import LOGIT_COLS, PROB_COLS, TTA_PROB_COLS
 
@@ -45,6 +48,20 @@ FOLDS_MEAN = "folds_mean"
 # the keys of metrics.json other tools read (tests pin them)
 METRICS_KEYS = ("oof_log_loss", "fold_log_loss", "holdout_log_loss", "n_rows", "prior_log_loss")
 N_TURN_BUCKETS = ("1", "2", "3+")
+# the columns of a cost row (metrics.json "cost"), in the order of the report's table
+COST_KEYS = (
+    "output",
+    "stage",
+    "seconds",
+    "train_examples_per_s",
+    "train_tokens_per_s",
+    "rows_per_s",
+    "tokens_per_s",
+    "peak_rss_mb",
+    "peak_cuda_mb",
+)
+
+log = logging.getLogger(__name__)
 
 
 class ReportError(StageInputError):
@@ -470,6 +487,59 @@ def load_run(
     return run
 
 
+# --------------------------------------------------------------------------- cost
+
+
+def cost_rows(run_dir: str | Path) -> list[dict]:
+    """One row per stage output under ``run_dir`` (every ``manifest.json``, fold folders
+    included; ``logs/``, hidden folders such as ``.work*`` and the report's own output are
+    skipped), sorted by folder: the keys of ``COST_KEYS``, None where a manifest has no such
+    number (no timings, or no throughput of that kind)."""
+    run_dir = Path(run_dir)
+    rows = []
+    for folder, dirs, files in os.walk(run_dir):
+        here = Path(folder)
+        dirs[:] = sorted(
+            d for d in dirs if not d.startswith(".") and not (here == run_dir and d == "logs")
+        )
+        if MANIFEST not in files:
+            continue
+        try:
+            manifest = read_json(here / MANIFEST)
+        except (OSError, ValueError) as e:
+            log.warning("cost: %s/%s unreadable (%s); skipped", here, MANIFEST, e)
+            continue
+        if not isinstance(manifest, dict) or manifest.get("stage") == "report":
+            continue
+        timings = manifest.get("timings") or {}
+        outputs = manifest.get("outputs") or {}
+        tp = outputs.get("throughput") if isinstance(outputs, dict) else None
+        tp = tp if isinstance(tp, dict) else {}
+        rows.append(
+            {
+                "output": here.relative_to(run_dir).as_posix(),
+                "stage": manifest.get("stage"),
+                "seconds": timings.get("seconds"),
+                "train_examples_per_s": tp.get("train_examples_per_s"),
+                "train_tokens_per_s": tp.get("train_tokens_per_s"),
+                "rows_per_s": tp.get("rows_per_s"),
+                "tokens_per_s": tp.get("tokens_per_s"),
+                "peak_rss_mb": timings.get("peak_rss_mb"),
+                "peak_cuda_mb": timings.get("peak_cuda_mb"),
+            }
+        )
+    return sorted(rows, key=lambda r: r["output"])
+
+
+def _fmt_cost(x: object, digits: int = 1) -> str:
+    """A cost table cell: blank where not applicable."""
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        return f"{x:,.{digits}f}"
+    return str(x)
+
+
 # --------------------------------------------------------------------------- metrics
 
 
@@ -489,6 +559,54 @@ def tta_gain(log_losses: Mapping[str, float]) -> dict[str, float]:
         for s in log_losses
         if not s.endswith(TTA_SUFFIX) and s + TTA_SUFFIX in log_losses
     }
+
+
+CE_ONLY_SUFFIX = "_ce_only"  # students/<student>_ce_only: the student without teacher terms
+
+
+def recipe_gains(oof: Mapping[str, float], holdout: Mapping[str, float]) -> list[dict]:
+    """What each step of the recipe bought, as ``{step, rows, compared, baseline, with, gain}``
+    (gain = baseline − with: positive means the step lowered the log loss):
+
+    - distillation: ``student/<s>_ce_only`` (kl = cos = 0, `make pipeline ABLATE=1`) against
+      ``student/<s>``, OOF, plain and swap-TTA;
+    - merge: the fold students' mean (``folds_mean``) against the one merged model, holdout
+      (a negative gain is the cost of merging);
+    - quantization: ``merged`` against ``quantized``, holdout (negative: its cost).
+    """
+    out: list[dict] = []
+    for name in sorted(oof):
+        if name.startswith("student/") and name.endswith(CE_ONLY_SUFFIX):
+            distilled = name[: -len(CE_ONLY_SUFFIX)]
+            for sfx in ("", TTA_SUFFIX):
+                if name + sfx in oof and distilled + sfx in oof:
+                    out.append(
+                        {
+                            "step": "distillation",
+                            "rows": OOF,
+                            "compared": f"{name + sfx} → {distilled + sfx}",
+                            "baseline": oof[name + sfx],
+                            "with": oof[distilled + sfx],
+                            "gain": oof[name + sfx] - oof[distilled + sfx],
+                        }
+                    )
+    for step, before, after in (
+        ("merge", FOLDS_MEAN, "merged"),
+        ("quantization", "merged", "quantized"),
+    ):
+        for sfx in ("", TTA_SUFFIX):
+            if before + sfx in holdout and after + sfx in holdout:
+                out.append(
+                    {
+                        "step": step,
+                        "rows": HOLDOUT,
+                        "compared": f"{before + sfx} → {after + sfx}",
+                        "baseline": holdout[before + sfx],
+                        "with": holdout[after + sfx],
+                        "gain": holdout[before + sfx] - holdout[after + sfx],
+                    }
+                )
+    return out
 
 
 def build_metrics(
@@ -576,8 +694,10 @@ def build_metrics(
         m["holdout_calibration_error"][sp.name] = c["ece"]
     m["tta_gain"] = tta_gain(m["oof_log_loss"])
     m["holdout_tta_gain"] = tta_gain(m["holdout_log_loss"])
+    m["recipe_gains"] = recipe_gains(m["oof_log_loss"], m["holdout_log_loss"])
     m["calibration"] = calib
     m["data_summary"] = run.summary
+    m["cost"] = cost_rows(run.run_dir)
     return m
 
 
@@ -825,6 +945,19 @@ def render_report(
             [s, "holdout", ho[s], ho[s + TTA_SUFFIX], g] for s, g in m["holdout_tta_gain"].items()
         ]
         doc.table(["model", "rows", "plain", "+tta", "gain (plain − tta)"], rows)
+    if m.get("recipe_gains"):
+        doc.h("Distillation, merge and quantization")
+        doc.p(
+            "Log loss before and after each step of the recipe; gain = before − after "
+            "(negative: the step cost log loss)."
+        )
+        doc.table(
+            ["step", "rows", "compared", "before", "after", "gain"],
+            [
+                [g["step"], g["rows"], g["compared"], g["baseline"], g["with"], g["gain"]]
+                for g in m["recipe_gains"]
+            ],
+        )
     if m.get("temperature_scaled"):
         doc.h("Temperature scaling (OOF)")
         doc.table(
@@ -921,6 +1054,48 @@ def render_report(
                 reliability_png(f"{stage} ({section})", c),
                 f"{stage} ({section})",
             )
+
+    # ---- cost
+    doc.h("Cost")
+    cost = m.get("cost") or []
+    if not cost:
+        doc.p("No stage manifests found under the run folder.")
+    else:
+        cuda = any(r.get("peak_cuda_mb") is not None for r in cost)
+        doc.table(
+            [
+                "output",
+                "stage",
+                "seconds",
+                "train examples/s",
+                "train tokens/s",
+                "inference rows/s",
+                "tokens/s",
+                "peak RSS MB",
+                *(["peak CUDA MB"] if cuda else []),
+            ],
+            [
+                [
+                    r["output"],
+                    r["stage"] or "",
+                    _fmt_cost(r.get("seconds")),
+                    _fmt_cost(r.get("train_examples_per_s")),
+                    _fmt_cost(r.get("train_tokens_per_s"), 0),
+                    _fmt_cost(r.get("rows_per_s")),
+                    _fmt_cost(r.get("tokens_per_s"), 0),
+                    _fmt_cost(r.get("peak_rss_mb")),
+                    *([_fmt_cost(r.get("peak_cuda_mb"))] if cuda else []),
+                ]
+                for r in cost
+            ],
+        )
+        doc.p(
+            "From each output's `manifest.json`: wall seconds of the stage (of the fold, for "
+            "`fold_<k>` folders), throughput measured on what was actually computed (training: "
+            "every epoch's examples and non-pad tokens over the train phase; inference: every "
+            "sequence, both orientations under swap-TTA), and the process's peak resident "
+            "memory so far (a later fold's peak includes the earlier folds of the same process)."
+        )
 
     # ---- data
     doc.h("Data")

@@ -87,6 +87,11 @@ class PromptConfig:
     last_turn_prompt_share: float = 0.25
     add_bos: bool | None = None
     add_eos: bool = True
+    # e.g. "({size}, {words} words) ": written before every answer text (after it with
+    # truncation_side="left"), so the model sees each answer's full length even when the text
+    # is cut; {words} = whitespace words of the uncut answer, {size} = a word from LENGTH_SIZES.
+    # Human raters favour longer answers, and a cut cross-encoder cannot otherwise see it.
+    length_hint: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -116,6 +121,14 @@ class PromptConfig:
         for name in ("head", "mid_a", "mid_b", "tail", "turn_sep"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"PromptConfig.{name} must be a str")
+        if self.length_hint is not None:
+            try:
+                self.length_hint.format(words=1, size="short")
+            except (KeyError, IndexError, ValueError, AttributeError) as exc:
+                raise ValueError(
+                    "PromptConfig.length_hint may only use the fields {words} and {size}, "
+                    f"got {self.length_hint!r} ({exc!r})"
+                ) from None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> PromptConfig:
@@ -192,6 +205,32 @@ def cut_words(text: str, n: int, side: str = "right") -> str:
     return text[: m.end()]
 
 
+# (upper word-count bound, word) of the {size} field of PromptConfig.length_hint
+LENGTH_SIZES: tuple[tuple[float, str], ...] = (
+    (10, "tiny"),
+    (40, "short"),
+    (120, "medium"),
+    (300, "long"),
+    (math.inf, "very long"),
+)
+
+
+def length_hint(text: str, template: str) -> str:
+    """``template`` filled with the word count of ``text`` and its size word."""
+    words = len(text.split())
+    size = next(name for bound, name in LENGTH_SIZES if words < bound)
+    return template.format(words=words, size=size)
+
+
+def with_length_hint(text: str, cfg: PromptConfig, full: str | None = None) -> str:
+    """``text`` with the length hint of ``full`` (the uncut answer; default ``text``) on the side
+    that truncation keeps; unchanged when ``cfg`` has no hint."""
+    if cfg.length_hint is None:
+        return text
+    hint = length_hint(text if full is None else full, cfg.length_hint)
+    return text + hint if cfg.truncation_side == "left" else hint + text
+
+
 def _turns(value: Any) -> list[str]:
     """One field of a row as a list of strings (parquet gives numpy arrays; None → "")."""
     if value is None:
@@ -218,6 +257,7 @@ def render_text(
         ps, as_, bs = [cfg.turn_sep.join(ps)], [cfg.turn_sep.join(as_)], [cfg.turn_sep.join(bs)]
     elif not len(ps) == len(as_) == len(bs):
         raise ValueError(f"turn counts differ: prompt {len(ps)}, A {len(as_)}, B {len(bs)}")
+    as_, bs = [with_length_hint(t, cfg) for t in as_], [with_length_hint(t, cfg) for t in bs]
     return "".join(
         f"{cfg.head}{p}{cfg.mid_a}{x}{cfg.mid_b}{y}{cfg.tail}"
         for p, x, y in zip(ps, as_, bs, strict=True)
@@ -393,8 +433,8 @@ def _row_texts(rid: Any, p: Any, a: Any, b: Any, cfg: PromptConfig) -> list[list
     side = cfg.truncation_side
     return [
         [cut_words(t, cfg.max_words_prompt, side) for t in ps],
-        [cut_words(t, cfg.max_words_response, side) for t in as_],
-        [cut_words(t, cfg.max_words_response, side) for t in bs],
+        [with_length_hint(cut_words(t, cfg.max_words_response, side), cfg, t) for t in as_],
+        [with_length_hint(cut_words(t, cfg.max_words_response, side), cfg, t) for t in bs],
     ]
 
 

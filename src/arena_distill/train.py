@@ -159,6 +159,25 @@ class PreferenceTrainer(Trainer):
         self.loss_fn = loss_fn
         # our loss is a mean over the micro-batch: let the Trainer divide by accumulation steps
         self.model_accepts_loss_kwargs = False
+        # what this process trained on (rows and non-pad tokens of every micro-batch), for
+        # the stages' throughput; batches skipped on resume are not counted
+        self.trained_rows = 0
+        self.trained_tokens = 0
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.trained_rows += int(inputs["input_ids"].shape[0])
+        self.trained_tokens += int(inputs["attention_mask"].sum())
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def trained_counts(self) -> tuple[int, int]:
+        """``(rows, tokens)`` trained on, summed over the processes of a distributed run
+        (call it on every rank)."""
+        counts = (self.trained_rows, self.trained_tokens)
+        if self.args.world_size <= 1:
+            return counts
+        t = torch.tensor(counts, dtype=torch.long, device=self.accelerator.device)
+        total = self.accelerator.reduce(t, reduction="sum")
+        return int(total[0]), int(total[1])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
@@ -305,6 +324,10 @@ class TrainResult:
     collator: PreferenceCollator
     resumed_from: str | None
     log_history: list[dict]
+    # rows (sequences; a full-swap pair is two) and non-pad tokens trained on in this call,
+    # all processes together; with a resume, only what ran after the checkpoint
+    trained_rows: int = 0
+    trained_tokens: int = 0
 
     @property
     def padding_share(self) -> float:
@@ -344,7 +367,8 @@ def fit(
         log.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)
     log.info("padding share of training batches: %.3f", collator.padding_share)
-    return TrainResult(trainer, collator, last, list(trainer.state.log_history))
+    rows, tokens = trainer.trained_counts()
+    return TrainResult(trainer, collator, last, list(trainer.state.log_history), rows, tokens)
 
 
 def predict_logits(trainer: Trainer, examples: Sequence[dict]) -> np.ndarray:

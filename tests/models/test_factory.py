@@ -271,3 +271,26 @@ def test_full_finetune_without_lora(tiny):
     assert not isinstance(model, PeftModel)
     trainable, total = count_parameters(model)
     assert trainable == total
+
+
+def test_config_overrides_cut_a_pretrained_encoder(tiny):
+    """minilm_l3 (the cpu_real student) keeps the first 3 pretrained layers of 6."""
+    cfg = OmegaConf.load(config_dir() / "model" / "minilm.yaml")
+    full, _ = build_model(cfg, train=False)
+    cut_cfg = OmegaConf.merge(cfg, {"config_overrides": {"num_hidden_layers": 3}})
+    cut, _ = build_model(cut_cfg, train=False)
+    assert len(full.bert.encoder.layer) == 6 and len(cut.bert.encoder.layer) == 3
+    for k in range(3):
+        a, b = full.bert.encoder.layer[k].state_dict(), cut.bert.encoder.layer[k].state_dict()
+        assert all(torch.equal(a[n], b[n]) for n in a)
+    with pytest.raises(ValueError, match="config_overrides"):
+        build_model(OmegaConf.merge(cfg, {"config_overrides": {"num_labels": 2}}), train=False)
+
+
+def test_lora_layers_to_transform_limits_the_adapter(tiny):
+    cfg = model_cfg(tiny, "bert", lora={"layers_to_transform": [4, 5]})
+    model, _ = build_model(cfg, train=True)
+    layers = {
+        int(n.split(".layer.")[1].split(".")[0]) for n in trainable_names(model) if "lora_" in n
+    }
+    assert layers == {4, 5}

@@ -88,6 +88,10 @@ def test_predictions_equal_a_direct_forward_of_the_model(tta_run):
     )
     tta = (probs_from_logits(direct[False]) + mirror_probs(probs_from_logits(direct[True]))) / 2
     np.testing.assert_allclose(preds[list(TTA_PROB_COLS)].to_numpy(), tta, atol=1e-5)
+    # throughput counts both orientations of every row, and their non-pad tokens
+    tp = metrics["throughput"]
+    assert tp["rows"] == 2 * len(test)
+    assert tp["tokens"] == sum(len(enc[(i, s)]) for i in test["id"] for s in (False, True))
 
 
 def test_metrics_score_the_labelled_test_rows(tta_run):
@@ -95,6 +99,14 @@ def test_metrics_score_the_labelled_test_rows(tta_run):
     sub, preds, m = outputs(out)
     assert m["rows"] == len(sub) and m["tta"] is True and m["devices"] == ["cpu"]
     assert m["tokens_per_s"] > 0 and m["rows_per_s"] > 0
+    tp = m["throughput"]
+    assert tp["rows"] == 2 * len(sub) and tp["tokens"] == m["tokens"]
+    assert tp["seconds"] == m["inference_seconds"] > 0
+    assert tp["rows_per_s"] == pytest.approx(tp["rows"] / tp["seconds"], rel=1e-3)
+    assert tp["tokens_per_s"] == pytest.approx(tp["tokens"] / tp["seconds"], rel=1e-3)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["outputs"]["throughput"] == tp
+    assert manifest["timings"]["peak_rss_mb"] > 0
     assert m["guard"]["action"] == "none"  # 9 hours are plenty
     s = m["scores"]
     for key in ("log_loss", "log_loss_tta", "accuracy", "accuracy_tta", "log_loss_postprocessed"):
@@ -145,6 +157,7 @@ def test_no_tta_predicts_the_original_orientation_only(trained_run, tta_run):
     sub, preds, m = outputs(predict.run(cfg))
     _, preds_tta, _ = outputs(out_tta)
     assert m["tta"] is False and m["guard"] is None
+    assert m["throughput"]["rows"] == len(sub)  # one orientation
     assert not set(TTA_PROB_COLS) & set(preds.columns)
     np.testing.assert_allclose(
         preds[list(LOGIT_COLS)].to_numpy(), preds_tta[list(LOGIT_COLS)].to_numpy(), atol=1e-5

@@ -44,6 +44,19 @@ def test_report_stage_on_trained_run(trained_run):
     assert (out / "report.md").is_file()
     assert "data:image/png;base64," in (out / "report.html").read_text()
     assert read_json(out / "manifest.json")["stage"] == "report"
+    # the cost of every stage output of the run, fold folders included
+    cost = {r["output"]: r for r in m["cost"]}
+    trained = ["pretrain/tiny_llama", *(f"teachers/tiny_llama/fold_{k}" for k in range(3))]
+    assert {"data", "models", *trained} <= set(cost)
+    for output in trained:
+        r = cost[output]
+        assert r["seconds"] > 0 and r["peak_rss_mb"] > 0, r
+        assert r["train_examples_per_s"] > 0 and r["train_tokens_per_s"] > 0, r
+    assert cost["teachers/tiny_llama/fold_0"]["rows_per_s"] > 0  # its OOF prediction
+    assert cost["data"]["seconds"] > 0 and cost["data"]["train_examples_per_s"] is None
+    assert not any(o.startswith(("logs", "report")) or "/." in o for o in cost)
+    md = (out / "report.md").read_text()
+    assert "## Cost" in md and "| teachers/tiny_llama/fold_2 | teacher |" in md
 
 
 def test_compare_run_with_itself(trained_run):

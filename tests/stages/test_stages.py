@@ -137,3 +137,32 @@ def test_cli_refuses_unknown_stages():
 
     assert main(["no_such_stage"]) == 2
     assert main(["--help"]) == 0
+
+
+def test_data_stage_takes_a_union_of_files_and_bare_pretrain_paths(demo_run, tmp_path):
+    """`make pipeline TRAIN=a.csv,b.csv PRETRAIN=c.csv` -> a list of paths and a bare path."""
+    src = demo_run[0] / "demo"
+    rows = pd.read_csv(src / "train.csv", dtype=object, keep_default_na=False)
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    rows.iloc[:150].to_csv(a, index=False)
+    rows.iloc[150:].to_csv(b, index=False)
+    cfg = compose(
+        [
+            "data=competition",
+            f"data.train.path=[{a},{b}]",
+            f"data.pretrain=[{src / 'pretrain.csv'}]",
+            f"run_dir={tmp_path}/run",
+            "data.folds.n_folds=3",
+        ]
+    )
+    data_dir = data_stage.run(cfg)
+    train = load_table(data_dir / "train.parquet")
+    assert sorted(train["id"]) == sorted(rows["id"])
+    assert len(load_table(data_dir / "pretrain.parquet")) > 0
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    assert {i["path"] for i in manifest["inputs"]} >= {str(a), str(b), str(src / "pretrain.csv")}
+    # the same row in both files is an id clash, reported with the id
+    rows.iloc[:10].to_csv(b, index=False)
+    cfg = compose(["data=competition", f"data.train.path=[{a},{b}]", f"run_dir={tmp_path}/run2"])
+    with pytest.raises(DataError, match=str(rows["id"].iloc[0])):
+        data_stage.run(cfg)

@@ -51,7 +51,17 @@ def test_pretrain_writes_an_adapter_with_its_history(run):
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert metrics["rows"] == 48 and metrics["examples"] == 96  # random swap doubles the rows
     assert metrics["steps"] == 12  # 96 examples / 16 per step, 2 epochs
-    assert json.loads((out / "manifest.json").read_text())["stage"] == "pretrain"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stage"] == "pretrain"
+    tp = metrics["throughput"]
+    assert tp == manifest["outputs"]["throughput"]
+    assert tp["train_examples"] == 2 * 96  # every epoch's examples
+    assert tp["train_seconds"] == manifest["timings"]["phases"]["train"] > 0
+    assert tp["train_examples_per_s"] == pytest.approx(192 / tp["train_seconds"], rel=1e-3)
+    assert tp["train_tokens_per_s"] == pytest.approx(
+        tp["train_tokens"] / tp["train_seconds"], rel=1e-3
+    )
+    assert manifest["timings"]["peak_rss_mb"] > 0
 
 
 def test_teacher_oof_covers_every_validation_id_once(run):
@@ -77,6 +87,31 @@ def test_teacher_oof_covers_every_validation_id_once(run):
     # the fold started from the post-pretrain adapter
     manifest = json.loads((out / "fold_0" / "manifest.json").read_text())
     assert any("pretrain" in i["path"] for i in manifest["inputs"])
+
+
+def test_teacher_fold_throughput_counts_what_was_computed(run):
+    _, cfg = run
+    out = Path(cfg.stages.teacher.out_dir)
+    rd = load_run_data(cfg)
+    _, tok = load_for_inference(cfg.model, out / "fold_0" / "adapter")
+    enc = labelled_encodings(cfg, rd, tok)
+    train_rows, valid_rows = split_by_fold(rd.labelled, rd.folds, 0)
+    tr_ids, tr_y = train_rows["id"].tolist(), train_rows["label"].astype(int).tolist()
+    va_ids = valid_rows["id"].tolist()
+    train_tokens = sum(len(e["input_ids"]) for e in make_examples(tr_ids, tr_y, enc, swap="random"))
+    metrics = json.loads((out / "fold_0" / "metrics.json").read_text())
+    manifest = json.loads((out / "fold_0" / "manifest.json").read_text())
+    tp = metrics["throughput"]
+    assert tp == manifest["outputs"]["throughput"]
+    # 2 epochs of every training row in both orientations (random swap)
+    assert tp["train_examples"] == 2 * 2 * len(tr_ids)
+    assert tp["train_tokens"] == 2 * train_tokens
+    assert tp["train_seconds"] == manifest["timings"]["phases"]["train"] > 0
+    # the OOF prediction: every validation row in both orientations
+    assert tp["rows"] == 2 * len(va_ids)
+    assert tp["tokens"] == sum(len(enc[(i, s)]) for i in va_ids for s in (False, True))
+    assert tp["rows_per_s"] > 0 and tp["train_tokens_per_s"] > 0
+    assert manifest["timings"]["peak_rss_mb"] > 0
 
 
 def test_adapter_reloads_and_reproduces_its_oof_predictions(run):
@@ -107,6 +142,9 @@ def test_dump_logits_in_sample_both_orientations(run):
             ids = part.loc[part["swapped"] == swapped, "id"]
             assert sorted(ids) == sorted(train_rows["id"])
     assert np.isfinite(table[list(LOGIT_COLS)].to_numpy()).all()
+    manifest = json.loads((Path(cfg.stages.dump_logits.out_dir) / "manifest.json").read_text())
+    tp = manifest["outputs"]["throughput"]
+    assert tp["rows"] == len(table) and tp["tokens"] > 0 and tp["rows_per_s"] > 0
     # swapped inputs are not mirrored copies: the teacher really saw B first
     one = table[table["fold"] == 0].pivot_table(index="id", columns="swapped", values="logit_a")
     assert not np.allclose(one[False], one[True])

@@ -156,6 +156,13 @@ def load_base_model(
     if model_cfg["family"] == "gemma2" and model_cfg.get("softcapping") is False:
         # 3rd place: softcapping off (+0.002). Config kwargs override config.json on load.
         kwargs.update(attn_logit_softcapping=None, final_logit_softcapping=None)
+    overrides = dict(model_cfg.get("config_overrides") or {})
+    clash = sorted(set(overrides) & set(kwargs))
+    if clash:
+        raise ValueError(f"config_overrides may not set {clash}: they have their own model keys")
+    # e.g. {num_hidden_layers: 3}: a pretrained encoder cut to its first 3 layers (a student);
+    # from_pretrained loads the kept layers' weights and ignores the others
+    kwargs.update(overrides)
     quant = _quantization_config(model_cfg)
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": str(device)})
@@ -180,6 +187,7 @@ def load_base_model(
 def _lora_config(model_cfg: Mapping[str, Any], head: str) -> LoraConfig:
     lora = model_cfg["lora"]
     targets = lora["target_modules"]
+    layers = lora.get("layers_to_transform")
     return LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=int(lora["r"]),
@@ -189,6 +197,8 @@ def _lora_config(model_cfg: Mapping[str, Any], head: str) -> LoraConfig:
         # all-linear would otherwise also put LoRA on the Linear layers of an MLP head.
         exclude_modules=rf".*\b{head}\b.*",
         modules_to_save=[head],
+        # only these layers get LoRA (null: all); the backward pass stops below the lowest one
+        layers_to_transform=list(layers) if layers is not None else None,
     )
 
 

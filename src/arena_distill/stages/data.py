@@ -32,18 +32,40 @@ from arena_distill.io import StageTimer, atomic_dir, write_manifest
 log = logging.getLogger(__name__)
 
 
-def load_spec(spec: DictConfig, *, summary: DataSummary, on_bad_row: str) -> pd.DataFrame:
-    """Read one ``{path, format, source, options}`` entry of the data config."""
+def spec_paths(spec: DictConfig | str) -> list[str]:
+    """The file(s) of one data-config entry: ``path`` may be one path or a list of paths."""
+    if isinstance(spec, str):
+        return [spec]
+    path = spec.path
+    if isinstance(path, str):
+        return [path]
+    paths = [str(p) for p in path]
+    if not paths:
+        raise DataError("`path` is an empty list", file=str(spec))
+    return paths
+
+
+def load_spec(spec: DictConfig | str, *, summary: DataSummary, on_bad_row: str) -> pd.DataFrame:
+    """Read one entry of the data config: ``{path, format, source, options}``, where ``path`` is
+    one file or a list of files in the same format (concatenated: a union of sets), or a bare
+    path string, read as a competition-format file (``data.pretrain=[a.csv,b.csv]`` on the
+    command line). Ids must stay unique across the files (the stage checks)."""
+    if isinstance(spec, str):
+        spec = OmegaConf.create({"path": spec, "format": "competition"})
     options = spec.get("options")
     options = OmegaConf.to_container(options, resolve=True) if options else {}
-    return load_source(
-        spec.path,
-        spec.format,
-        summary=summary,
-        source=spec.get("source"),
-        on_bad_row=on_bad_row,
-        **options,
-    )
+    tables = [
+        load_source(
+            path,
+            spec.format,
+            summary=summary,
+            source=spec.get("source"),
+            on_bad_row=on_bad_row,
+            **options,
+        )
+        for path in spec_paths(spec)
+    ]
+    return pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
 
 
 def load_specs(specs, *, summary: DataSummary, on_bad_row: str) -> pd.DataFrame:
@@ -72,12 +94,15 @@ def run(cfg: DictConfig) -> Path:
     timer = StageTimer()
     summary = DataSummary()
     on_bad_row = dcfg.on_bad_row
-    inputs: list[str] = [dcfg.train.path]
+    inputs: list[str] = spec_paths(dcfg.train)
 
     train = load_spec(dcfg.train, summary=summary, on_bad_row=on_bad_row)
+    check_disjoint_ids({"train": train})  # a union of files must not repeat an id
     if train["label"].isna().any():
         bad = train.loc[train["label"].isna(), "id"].iloc[0]
-        raise DataError("training rows need labels", file=dcfg.train.path, row=bad)
+        raise DataError(
+            "training rows need labels", file=", ".join(spec_paths(dcfg.train)), row=bad
+        )
 
     test = None
     if dcfg.get("test"):
@@ -102,7 +127,7 @@ def run(cfg: DictConfig) -> Path:
 
     extra = load_specs(dcfg.extra, summary=summary, on_bad_row=on_bad_row)
     pretrain = load_specs(dcfg.pretrain, summary=summary, on_bad_row=on_bad_row)
-    inputs += [s.path for s in dcfg.extra or []] + [s.path for s in dcfg.pretrain or []]
+    inputs += [p for s in [*(dcfg.extra or []), *(dcfg.pretrain or [])] for p in spec_paths(s)]
     if dcfg.dedup:
         extra = dedup_against(extra, train, summary=summary)
         pretrain = dedup_against(pretrain, train, summary=summary)

@@ -6,12 +6,14 @@ Writes ``stages.dump_logits.out_dir`` (default ``${run_dir}/logits/<model>/``):
 training rows, in-sample, as the 1st place used them; ``valid``: out-of-fold, with
 ``out_of_fold=true``), ``logit_a, logit_b, logit_tie`` computed on the input in that
 orientation (not mirrored: a swapped training row of the student is matched with the teacher's
-logits on the same swapped input), plus ``manifest.json``.
+logits on the same swapped input), plus ``manifest.json`` (its outputs include the
+prediction ``throughput``: rows in every orientation, non-pad tokens, seconds of prediction).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +29,7 @@ from arena_distill.io import (
     require_stage_output,
     write_manifest,
 )
+from arena_distill.metrics import count_tokens, inference_throughput
 from arena_distill.models.factory import load_for_inference
 from arena_distill.stages.common import (
     is_main_process,
@@ -62,6 +65,8 @@ def run(cfg: DictConfig) -> Path:
         require_fresh(fold_dir(teacher_dir, fold), data_files, stage="teacher")
     parts = []
     enc = None
+    n_rows = n_tokens = 0
+    predict_s = 0.0
     for fold in range(run_data.n_folds):
         model, tokenizer = load_for_inference(
             cfg.model, fold_dir(teacher_dir, fold) / "adapter", device=train_device()
@@ -81,13 +86,19 @@ def run(cfg: DictConfig) -> Path:
             ids, labels = rows["id"].tolist(), rows["label"].astype(int).tolist()
             for orientation in scfg.orientations:
                 swapped = ORIENTATIONS[orientation]
-                logits = predict_logits(trainer, examples_for(ids, labels, enc, swapped=swapped))
+                examples = examples_for(ids, labels, enc, swapped=swapped)
+                t0 = time.perf_counter()
+                logits = predict_logits(trainer, examples)
+                predict_s += time.perf_counter() - t0
+                rows, tokens = count_tokens(examples)
+                n_rows, n_tokens = n_rows + rows, n_tokens + tokens
                 part = pd.DataFrame({"fold": fold, "id": ids, "swapped": swapped, "split": split})
                 part[list(LOGIT_COLS)] = logits
                 parts.append(part)
         timer.lap(f"fold_{fold}")
         log.info("fold %d: logits on %s", fold, {k: len(v) for k, v in splits.items()})
     table = pd.concat(parts, ignore_index=True)
+    throughput = inference_throughput(n_rows, n_tokens, predict_s)
     if is_main_process():
         with atomic_dir(out_dir) as tmp:
             table.to_parquet(tmp / "logits.parquet", index=False)
@@ -99,7 +110,11 @@ def run(cfg: DictConfig) -> Path:
                     "stage": OmegaConf.to_container(scfg, resolve=True),
                 },
                 inputs=[teacher_dir / "manifest.json", run_data.data_dir / "folds.csv"],
-                outputs={"rows": len(table), "folds": run_data.n_folds},
+                outputs={
+                    "rows": len(table),
+                    "folds": run_data.n_folds,
+                    "throughput": throughput,
+                },
                 timer=timer,
             )
     log.info("%d teacher logits written to %s", len(table), out_dir)

@@ -8,7 +8,9 @@ Writes ``stages.predict.out_dir`` (default ``${run_dir}/predictions/``): ``submi
 (validated against the test ids and the sample submission's), ``predictions.parquet`` (``id``,
 ``label`` when known, the columns of ``train.prediction_table`` — ``logit_*``, ``p_*``,
 ``swap_logit_*`` (mirrored back), ``tta_p_*`` — plus ``final_p_*``, the submitted
-probabilities, and ``postprocess_rule``), ``metrics.json`` and ``manifest.json``.
+probabilities, and ``postprocess_rule``), ``metrics.json`` (``rows_per_s`` counts ids;
+``throughput`` counts every sequence predicted, both orientations under swap-TTA) and
+``manifest.json``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from arena_distill.io import (
     write_json,
     write_manifest,
 )
-from arena_distill.metrics import accuracy, log_loss
+from arena_distill.metrics import accuracy, inference_throughput, log_loss
 from arena_distill.models.factory import load_tokenizer
 from arena_distill.predict import (
     EMPTY_A,
@@ -295,6 +297,10 @@ def predict_rows(
         model=model,
     )
     timer.lap("inference")
+    # every sequence predicted: both orientations of a row under swap-TTA
+    throughput = inference_throughput(
+        sum(int(s["items"]) for s in result.shards), result.tokens, result.seconds
+    )
 
     labelled = _labelled(rows)
     extra = {"label": rows["label"].astype("int64").to_numpy()} if labelled else {}
@@ -334,6 +340,7 @@ def predict_rows(
             "padded_tokens": result.padded,
             "padding_share": 1 - result.tokens / result.padded if result.padded else 0.0,
             "tokens_per_s": result.tokens / result.seconds if result.seconds > 0 else None,
+            "throughput": throughput,
             "devices": devices,
             "shards": result.shards,
             "tta": plan.tta,
@@ -360,7 +367,12 @@ def predict_rows(
                 or {"model": model_cfg, "prompt": prompt.to_dict(), "stage": settings.to_dict()}
             ),
             inputs=small_inputs,
-            outputs={"rows": len(sub), "tta": plan.tta, "max_length": plan.max_length},
+            outputs={
+                "rows": len(sub),
+                "tta": plan.tta,
+                "max_length": plan.max_length,
+                "throughput": throughput,
+            },
             timer=timer,
         )
     log.info(

@@ -3,8 +3,9 @@
 Reads ``${run_dir}/data/pretrain.parquet`` (the ``data.pretrain`` sets, de-duplicated against
 train). Writes ``stages.pretrain.out_dir`` (default ``${run_dir}/pretrain/<model>/``):
 ``adapter/`` (LoRA + head; later stages load the LoRA part and drop the head, as the 1st place
-did), ``metrics.json`` (training loss history, padding share) and ``manifest.json``. One epoch
-at lr 1e-5 in the recipe. Resumes from ``.work/`` checkpoints when restarted.
+did), ``metrics.json`` (training loss history, padding share, throughput) and
+``manifest.json``. One epoch at lr 1e-5 in the recipe. Resumes from ``.work/`` checkpoints when
+restarted.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from arena_distill.io import (
     write_json,
     write_manifest,
 )
+from arena_distill.metrics import training_throughput
 from arena_distill.models.factory import build_model, count_parameters, load_tokenizer
 from arena_distill.stages.common import (
     barrier,
@@ -72,9 +74,13 @@ def run(cfg: DictConfig) -> Path:
         trainable,
         total,
     )
+    timer.lap("setup")
     work = out_dir.parent / f".work-{out_dir.name}"
     result = fit(model, tokenizer, examples, None, settings, work)
     timer.lap("train")
+    throughput = training_throughput(
+        result.trained_rows, result.trained_tokens, timer.phases["train"]
+    )
     losses = [h["loss"] for h in result.log_history if "loss" in h]
     metrics = {
         "rows": len(table),
@@ -86,6 +92,7 @@ def run(cfg: DictConfig) -> Path:
         "resumed_from": result.resumed_from,
         "trainable_params": trainable,
         "total_params": total,
+        "throughput": throughput,
         "history": result.log_history,
     }
     final_adapter = work / "final_adapter"
@@ -103,7 +110,9 @@ def run(cfg: DictConfig) -> Path:
                     "stage": OmegaConf.to_container(scfg, resolve=True),
                 },
                 inputs=[data_dir / "pretrain.parquet"],
-                outputs={k: metrics[k] for k in ("rows", "steps", "last_logged_loss")},
+                outputs={
+                    k: metrics[k] for k in ("rows", "steps", "last_logged_loss", "throughput")
+                },
                 timer=timer,
             )
         remove_dir(work)

@@ -215,7 +215,11 @@ def run(cfg: DictConfig) -> Path:
                 )
                 if p.exists()
             ],
-            outputs={"metrics": metrics},
+            outputs={
+                "metrics": metrics,
+                "calibration_rows": len(dataset),
+                "calibration_tokens": int(sum(cal_lengths)),
+            },
             timer=timer,
             extra={"source": str(source)},
         )

@@ -6,7 +6,8 @@ same model (``stages.pretrain.out_dir``; its head is dropped). Writes ``stages.t
 
 - ``fold_<k>/adapter/``      the best validation checkpoint's LoRA adapter (head included)
 - ``fold_<k>/oof.parquet``   one row per validation id: logits and probabilities, both orientations
-- ``fold_<k>/metrics.json``  log loss (plain and swap-TTA), accuracy, prior, padding share, history
+- ``fold_<k>/metrics.json``  log loss (plain and swap-TTA), accuracy, prior, padding share,
+  throughput (training, and the OOF prediction), history
 - ``fold_<k>/manifest.json``
 - ``oof.parquet``, ``metrics.json``, ``manifest.json`` once every fold is done
 
@@ -41,7 +42,12 @@ from arena_distill.io import (
     write_parquet,
 )
 from arena_distill.losses import LossFn, cross_entropy
-from arena_distill.metrics import prior_log_loss
+from arena_distill.metrics import (
+    count_tokens,
+    inference_throughput,
+    prior_log_loss,
+    training_throughput,
+)
 from arena_distill.models.factory import build_model, count_parameters, load_tokenizer
 from arena_distill.stages.common import (
     RunData,
@@ -121,6 +127,7 @@ def train_fold(
         trainable,
         total,
     )
+    timer.lap("setup")
     work = out_dir / ".work" / f"fold_{fold}"
     result = fit(
         model,
@@ -134,10 +141,15 @@ def train_fold(
     )
     timer.lap("train")
     trainer = result.trainer
+    swapped_ex = examples_for(va_ids, va_y, enc, swapped=True)
     logits = predict_logits(trainer, valid_ex)
-    swapped_logits = predict_logits(trainer, examples_for(va_ids, va_y, enc, swapped=True))
+    swapped_logits = predict_logits(trainer, swapped_ex)
     oof = prediction_table(va_ids, logits, swapped_logits, fold=fold, label=va_y)
     timer.lap("predict")
+    throughput = {
+        **training_throughput(result.trained_rows, result.trained_tokens, timer.phases["train"]),
+        **inference_throughput(*count_tokens(valid_ex + swapped_ex), timer.phases["predict"]),
+    }
     metrics = {
         "fold": fold,
         **score_predictions(oof),
@@ -151,6 +163,7 @@ def train_fold(
         "resumed_from": result.resumed_from,
         "trainable_params": trainable,
         "total_params": total,
+        "throughput": throughput,
         "history": result.log_history,
     }
     final_adapter = work / "final_adapter"
@@ -174,7 +187,12 @@ def train_fold(
                     run.data_dir / "folds.csv",
                 ]
                 + ([init_adapter] if init_adapter else []),
-                outputs={"fold": fold, "log_loss": metrics["log_loss"], "rows": len(oof)},
+                outputs={
+                    "fold": fold,
+                    "log_loss": metrics["log_loss"],
+                    "rows": len(oof),
+                    "throughput": throughput,
+                },
                 timer=timer,
                 extra={"fold": fold},
             )
