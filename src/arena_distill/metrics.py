@@ -69,6 +69,9 @@ def count_tokens(examples: Iterable[Mapping]) -> tuple[int, int]:
 
 
 def _rate(count: float, seconds: float) -> float | None:
+    """count / seconds over the seconds as reported (rounded to 1 ms), so that a reader who
+    divides the reported numbers gets the reported rate; None when no time was measured."""
+    seconds = round(float(seconds), 3)
     return round(count / seconds, 3) if seconds > 0 else None
 
 
