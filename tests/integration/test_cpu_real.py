@@ -4,7 +4,8 @@ The README's command for real data, run through the real Makefile: data (union o
 post-pretraining -> MiniLM teacher -> logit dump -> distilled MiniLM-L3 student (and the same
 student without teacher terms) -> merge -> GPTQ -> holdout predictions -> baselines -> report.
 Uses ../shared/data/preference/llmeval2.csv (+ pandalm.csv for pretraining) when present, else
-demo rows in the same layout. About 6 minutes on 2 CPU cores: marked slow (`make test-slow`).
+demo rows in the same layout. Took 30 min on 2 CPU cores shared with two other pipeline runs (less
+on an idle machine): marked slow (`make test-slow`).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def test_cpu_real_pipeline_on_a_200_row_slice(tmp_path):
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
     folds = pd.read_csv(out / "data" / "folds.csv")
-    assert len(folds) == 200 and (folds["split"] == "holdout").sum() == 20
+    n_holdout = int((folds["split"] == "holdout").sum())
+    assert len(folds) == 200 and 15 <= n_holdout <= 25  # 10%, whole prompt groups
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     oof = metrics["oof_log_loss"]
     for stage in ("teacher/minilm", "student/minilm_l3", "student/minilm_l3_ce_only"):
