@@ -4,8 +4,7 @@ The README's command for real data, run through the real Makefile: data (union o
 post-pretraining -> MiniLM teacher -> logit dump -> distilled MiniLM-L3 student (and the same
 student without teacher terms) -> merge -> GPTQ -> holdout predictions -> baselines -> report.
 Uses ../shared/data/preference/llmeval2.csv (+ pandalm.csv for pretraining) when present, else
-demo rows in the same layout. Took 30 min on 2 CPU cores shared with two other pipeline runs (less
-on an idle machine): marked slow (`make test-slow`).
+demo rows in the same layout. About 7 minutes on 2 idle CPU cores (6m47s measured): marked slow (`make test-slow`).
 """
 
 from __future__ import annotations
