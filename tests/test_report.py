@@ -27,8 +27,10 @@ from arena_distill.report import (
     cost_rows,
     fit_temperature,
     load_run,
+    merge_warnings,
     per_class_log_loss,
     recipe_gains,
+    render_report,
     temperature_scale,
     write_report,
 )
@@ -504,3 +506,19 @@ def test_recipe_gains_compare_each_step_exactly():
     q = gains["quantization", "merged → quantized"]
     assert (q["baseline"], q["with"], q["rows"]) == (0.93, 0.94, "holdout")
     assert recipe_gains({"student/s": 0.9}, {}) == []
+
+
+def test_merge_warnings_flag_a_merge_that_lost_what_the_folds_learned(tmp_path):
+    # the union run: folds' mean 0.9528, merged 1.0346, holdout prior 1.0273
+    (w,) = merge_warnings({"folds_mean": 0.9528, "merged": 1.0346}, 1.0273)
+    assert "no better than the class prior (1.0273)" in w and "0.9528" in w
+    (w,) = merge_warnings({"folds_mean": 0.95, "merged": 0.98}, 1.03)
+    assert w.startswith("Merging cost 0.0300")
+    assert merge_warnings({"folds_mean": 1.0000, "merged": 1.0031}, 1.0474) == []  # llmeval2
+    assert merge_warnings({"folds_mean": 1.05, "merged": 1.06}, 1.03) == []  # nothing learned
+    assert merge_warnings({"merged": 1.2}, 1.0) == []  # no fold students scored
+    make_run(tmp_path)
+    m = build_metrics(load_run(tmp_path))
+    assert m["warnings"] == merge_warnings(m["holdout_log_loss"], m["holdout_prior_log_loss"])
+    doc = render_report({**m, "warnings": ["the folds diverged"]}, plots=False)
+    assert "**Warning.** the folds diverged" in doc.markdown()

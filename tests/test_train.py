@@ -216,3 +216,41 @@ def test_distill_loss_temperature_weights_and_errors():
         DistillLoss(2)(s, batch)
     with pytest.raises(ValueError, match="temperature"):
         DistillLoss(1, temperature=0)
+
+
+def test_head_lr_gives_the_head_its_own_rate_under_the_schedule(tmp_path):
+    from omegaconf import OmegaConf
+
+    from arena_distill.config import config_dir
+    from arena_distill.models.factory import build_model
+    from arena_distill.train import PreferenceTrainer, head_parameters
+
+    cfg = OmegaConf.load(config_dir() / "model" / "minilm.yaml")
+    model, _ = build_model(cfg)
+    settings = TrainSettings(lr=1e-4, head_lr=3e-3, weight_decay=0.01, warmup_steps=2)
+    args = training_arguments(settings, tmp_path, has_eval=False)
+    trainer = PreferenceTrainer(model=model, args=args, head_lr=settings.head_lr)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    groups = trainer.optimizer.param_groups
+    head = {id(p) for p in head_parameters(model)}
+    assert head and len(head) == 2  # classifier weight and bias (PEFT's trainable copy)
+    seen = [id(p) for g in groups for p in g["params"]]
+    trainable = [id(p) for p in model.parameters() if p.requires_grad]
+    assert sorted(seen) == sorted(trainable)  # every trainable parameter in exactly one group
+    for g in groups:
+        ids = {id(p) for p in g["params"]}
+        assert ids <= head or not ids & head  # no group mixes head and body
+        want = 3e-3 if ids and ids <= head else 1e-4
+        assert g["initial_lr"] == pytest.approx(want)  # the rate the schedule scales
+    assert {g["weight_decay"] for g in groups if {id(p) for p in g["params"]} <= head} == {
+        0.0,
+        0.01,
+    }  # the Trainer's decay / no-decay split survives (weight decays, bias does not)
+    for _ in range(5):
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    rates = {bool({id(p) for p in g["params"]} <= head): g["lr"] for g in groups if g["params"]}
+    assert rates[True] / rates[False] == pytest.approx(30.0)  # one schedule scales both
+    plain = PreferenceTrainer(model=model, args=args)
+    plain.create_optimizer()
+    assert {g["lr"] for g in plain.optimizer.param_groups} == {1e-4}

@@ -609,6 +609,33 @@ def recipe_gains(oof: Mapping[str, float], holdout: Mapping[str, float]) -> list
     return out
 
 
+MERGE_COST_WARN = 0.02  # holdout log loss the merge may cost before the report flags it
+
+
+def merge_warnings(holdout: Mapping[str, float], prior: float | None) -> list[str]:
+    """Flags for a merge that failed: the merged model scoring at or above the class prior
+    while the fold students' mean beats it, or costing more than ``MERGE_COST_WARN``."""
+    if FOLDS_MEAN not in holdout or "merged" not in holdout:
+        return []
+    mean, merged = holdout[FOLDS_MEAN], holdout["merged"]
+    cost = merged - mean
+    if prior is not None and merged >= prior > mean:
+        head = (
+            f"The merged model ({merged:.4f}) is no better than the class prior ({prior:.4f}) "
+            f"on the holdout, while the fold students' mean scores {mean:.4f}"
+        )
+    elif cost > MERGE_COST_WARN:
+        head = f"Merging cost {cost:.4f} of holdout log loss ({mean:.4f} → {merged:.4f})"
+    else:
+        return []
+    return [
+        head + ": the fold LoRAs moved in different directions and their average cancels out "
+        "(see `fold_spread_mean` in merged/merge.json: about 1.4 for unrelated folds, 0 for "
+        "equal ones). A common start (post-pretraining, `PRETRAIN=`), a lower rate or more "
+        "data per fold keeps the folds together; the fold students themselves are fine."
+    ]
+
+
 def build_metrics(
     run: RunPredictions,
     *,
@@ -695,6 +722,7 @@ def build_metrics(
     m["tta_gain"] = tta_gain(m["oof_log_loss"])
     m["holdout_tta_gain"] = tta_gain(m["holdout_log_loss"])
     m["recipe_gains"] = recipe_gains(m["oof_log_loss"], m["holdout_log_loss"])
+    m["warnings"] = merge_warnings(m["holdout_log_loss"], m["holdout_prior_log_loss"])
     m["calibration"] = calib
     m["data_summary"] = run.summary
     m["cost"] = cost_rows(run.run_dir)
@@ -869,6 +897,8 @@ def render_report(
         "per-fold models scored out-of-fold on the cv rows (OOF), and whole-data models scored "
         "on the labelled holdout rows, which no model trained on."
     )
+    for w in m.get("warnings") or []:
+        doc.p(f"**Warning.** {w}")
     prior = m.get("prior_log_loss")
     doc.h("Floor to beat: the class prior")
     cp = m.get("class_prior") or {}

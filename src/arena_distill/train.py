@@ -48,6 +48,7 @@ class TrainSettings:
 
     epochs: float = 1.0
     lr: float = 1e-5
+    head_lr: float | None = None  # the classification head's own rate (None: lr)
     global_batch_size: int = 64
     per_device_batch_size: int = 1
     per_device_eval_batch_size: int = 8
@@ -154,15 +155,36 @@ class PreferenceTrainer(Trainer):
     the hard labels (the competition metric is computed from the returned logits).
     """
 
-    def __init__(self, *args, loss_fn: LossFn = cross_entropy, **kwargs) -> None:
+    def __init__(
+        self, *args, loss_fn: LossFn = cross_entropy, head_lr: float | None = None, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.loss_fn = loss_fn
+        self.head_lr = head_lr
         # our loss is a mean over the micro-batch: let the Trainer divide by accumulation steps
         self.model_accepts_loss_kwargs = False
         # what this process trained on (rows and non-pad tokens of every micro-batch), for
         # the stages' throughput; batches skipped on resume are not counted
         self.trained_rows = 0
         self.trained_tokens = 0
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer; with ``head_lr``, the head's parameters move into groups of
+        their own (same options, that rate), so the cosine schedule scales both rates alike."""
+        optimizer = super().create_optimizer(model)
+        if self.head_lr is None or getattr(self, "_head_split", False):
+            return optimizer
+        head = {id(p) for p in head_parameters(self.model if model is None else model)}
+        if not head:
+            raise ValueError("head_lr is set but the model has no trainable head parameters")
+        for group in list(optimizer.param_groups):
+            moved = [p for p in group["params"] if id(p) in head]
+            if moved:
+                group["params"] = [p for p in group["params"] if id(p) not in head]
+                options = {k: v for k, v in group.items() if k != "params"}
+                optimizer.add_param_group({**options, "params": moved, "lr": self.head_lr})
+        self._head_split = True
+        return optimizer
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.trained_rows += int(inputs["input_ids"].shape[0])
@@ -202,6 +224,15 @@ class PreferenceTrainer(Trainer):
         if self.args.world_size <= 1:
             return SequentialSampler(eval_dataset)
         return None
+
+
+def head_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The trainable parameters of the classification head (``score`` or ``classifier``; under
+    PEFT, its ``modules_to_save`` copy)."""
+    from arena_distill.models.factory import head_name
+
+    name = head_name(model)
+    return [p for n, p in model.named_parameters() if p.requires_grad and name in n.split(".")]
 
 
 def _compute_metrics(pred: EvalPrediction) -> dict[str, float]:
@@ -360,6 +391,7 @@ def fit(
         data_collator=collator,
         compute_metrics=_compute_metrics if eval_examples else None,
         loss_fn=loss_fn,
+        head_lr=settings.head_lr,
         callbacks=list(callbacks) or None,
     )
     last = get_last_checkpoint(str(work_dir)) if any(work_dir.glob("checkpoint-*")) else None
