@@ -171,9 +171,9 @@ class PreferenceTrainer(Trainer):
     def create_optimizer(self, model=None):
         """The Trainer's optimizer; with ``head_lr``, the head's parameters move into groups of
         their own (same options, that rate), so the cosine schedule scales both rates alike."""
+        if self.head_lr is None or self.optimizer is not None:  # none asked, or already built
+            return super().create_optimizer(model)
         optimizer = super().create_optimizer(model)
-        if self.head_lr is None or getattr(self, "_head_split", False):
-            return optimizer
         head = {id(p) for p in head_parameters(self.model if model is None else model)}
         if not head:
             raise ValueError("head_lr is set but the model has no trainable head parameters")
@@ -183,7 +183,6 @@ class PreferenceTrainer(Trainer):
                 group["params"] = [p for p in group["params"] if id(p) not in head]
                 options = {k: v for k, v in group.items() if k != "params"}
                 optimizer.add_param_group({**options, "params": moved, "lr": self.head_lr})
-        self._head_split = True
         return optimizer
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -229,10 +228,11 @@ class PreferenceTrainer(Trainer):
 def head_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The trainable parameters of the classification head (``score`` or ``classifier``; under
     PEFT, its ``modules_to_save`` copy)."""
-    from arena_distill.models.factory import head_name
+    # imported here: the factory pulls in peft, and light modules (report) import train
+    from arena_distill.models.factory import head_name, is_head_key
 
     name = head_name(model)
-    return [p for n, p in model.named_parameters() if p.requires_grad and name in n.split(".")]
+    return [p for n, p in model.named_parameters() if p.requires_grad and is_head_key(n, name)]
 
 
 def _compute_metrics(pred: EvalPrediction) -> dict[str, float]:

@@ -202,8 +202,13 @@ def _lora_config(model_cfg: Mapping[str, Any], head: str) -> LoraConfig:
     )
 
 
+def is_head_key(key: str, head: str) -> bool:
+    """Whether a parameter/state-dict key belongs to the head module named ``head``."""
+    return head in key.split(".")
+
+
 def _is_lora_key(key: str, head: str) -> bool:
-    return "lora_" in key and head not in key.split(".")
+    return "lora_" in key and not is_head_key(key, head)
 
 
 def load_lora_weights(model: PeftModel, adapter_dir: str | Path) -> int:
