@@ -13,6 +13,7 @@ import pytest
 from arena_distill.data.folds import write_folds
 from arena_distill.data.tableio import save_table
 from arena_distill.io import StageInputError
+from arena_distill.layout import prediction_table
 from arena_distill.report import (
     BUCKET_KINDS,
     COST_KEYS,
@@ -34,7 +35,6 @@ from arena_distill.report import (
     temperature_scale,
     write_report,
 )
-from arena_distill.train import prediction_table
 
 N_CV, N_HOLDOUT, N_FOLDS = 60, 15, 3
 

@@ -8,6 +8,7 @@ import torch
 from sklearn.metrics import log_loss as sk_log_loss
 
 from arena_distill.collate import PreferenceCollator
+from arena_distill.layout import prediction_table, score_predictions
 from arena_distill.losses import cross_entropy
 from arena_distill.metrics import (
     accuracy,
@@ -24,8 +25,6 @@ from arena_distill.train import (
     TrainSettings,
     examples_for,
     make_examples,
-    prediction_table,
-    score_predictions,
     training_arguments,
 )
 

@@ -38,8 +38,8 @@ from scipy.special import log_softmax, softmax
 from arena_distill.data.folds import read_folds
 from arena_distill.data.tableio import load_table
 from arena_distill.io import MANIFEST, StageInputError, read_json, require_fresh, write_json
+from arena_distill.layout import LOGIT_COLS, PROB_COLS, TTA_PROB_COLS
 from arena_distill.metrics import EPS, accuracy, class_prior, log_loss
-from arena_distill.train import LOGIT_COLS, PROB_COLS, TTA_PROB_COLS
 
 CLASSES = ("A", "B", "tie")
 OOF, HOLDOUT = "oof", "holdout"

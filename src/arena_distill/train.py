@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import SequentialSampler
 from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments
@@ -31,9 +30,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from arena_distill.collate import PreferenceCollator
-from arena_distill.data.swap import mirror_probs
 from arena_distill.losses import LossFn, cross_entropy
-from arena_distill.metrics import classification_metrics, log_loss, probs_from_logits
+from arena_distill.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
 
@@ -417,38 +415,3 @@ def predict_logits(trainer: Trainer, examples: Sequence[dict]) -> np.ndarray:
     restored = np.empty_like(logits)
     restored[order] = logits
     return restored.astype(np.float32)
-
-
-LOGIT_COLS = ("logit_a", "logit_b", "logit_tie")
-PROB_COLS = ("p_a", "p_b", "p_tie")
-SWAP_LOGIT_COLS = ("swap_logit_a", "swap_logit_b", "swap_logit_tie")
-TTA_PROB_COLS = ("tta_p_a", "tta_p_b", "tta_p_tie")
-
-
-def prediction_table(
-    ids: Sequence[str],
-    logits: np.ndarray,
-    swapped_logits: np.ndarray | None = None,
-    **columns,
-) -> pd.DataFrame:
-    """One row per id: logits and probabilities, and with ``swapped_logits`` (computed on the
-    A/B-swapped inputs) those mirrored back plus the swap-TTA average of probabilities."""
-    df = pd.DataFrame({"id": list(ids), **columns})
-    df[list(LOGIT_COLS)] = logits
-    probs = probs_from_logits(logits)
-    df[list(PROB_COLS)] = probs
-    if swapped_logits is not None:
-        mirrored = mirror_probs(swapped_logits)
-        df[list(SWAP_LOGIT_COLS)] = mirrored
-        df[list(TTA_PROB_COLS)] = (probs + probs_from_logits(mirrored)) / 2
-    return df
-
-
-def score_predictions(df: pd.DataFrame) -> dict[str, float]:
-    """log loss / accuracy of a prediction table with a ``label`` column (and TTA if present)."""
-    labels = df["label"].to_numpy(dtype=np.int64)
-    out = classification_metrics(df[list(LOGIT_COLS)].to_numpy(), labels)
-    if set(TTA_PROB_COLS) <= set(df.columns):
-        out["log_loss_tta"] = log_loss(df[list(TTA_PROB_COLS)].to_numpy(), labels)
-    out["rows"] = int(len(df))
-    return out

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from arena_distill.io import StageInputError
+from arena_distill.layout import LOGIT_COLS
 from arena_distill.stages import distill, dump_logits
 from arena_distill.stages.common import load_run_data
-from arena_distill.train import LOGIT_COLS
 from tests.stages.conftest import small_cfg
 
 

@@ -17,11 +17,11 @@ from omegaconf import OmegaConf
 
 from arena_distill.collate import PreferenceCollator
 from arena_distill.data.folds import read_folds, split_by_fold
+from arena_distill.layout import LOGIT_COLS
 from arena_distill.models.factory import build_model, load_for_inference
 from arena_distill.stages import dump_logits, teacher
 from arena_distill.stages.common import labelled_encodings, load_run_data
 from arena_distill.train import (
-    LOGIT_COLS,
     KillAfterSave,
     PreferenceTrainer,
     SimulatedKill,

@@ -21,9 +21,9 @@ from arena_distill.baselines import fit_baseline
 from arena_distill.config import hydra_app
 from arena_distill.data.folds import split_by_fold
 from arena_distill.io import StageTimer, atomic_dir, write_json, write_manifest
+from arena_distill.layout import PROB_COLS
 from arena_distill.metrics import accuracy, log_loss
 from arena_distill.stages.common import load_run_data
-from arena_distill.train import PROB_COLS
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from omegaconf import DictConfig
 from arena_distill.config import hydra_app
 from arena_distill.data.swap import mirror_probs
 from arena_distill.io import StageInputError, require_fresh, require_stage_output
+from arena_distill.layout import LOGIT_COLS
 from arena_distill.losses import DistillLoss
 from arena_distill.stages.common import load_run_data
 from arena_distill.stages.teacher import run_folds
-from arena_distill.train import LOGIT_COLS
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ from arena_distill.io import (
     require_stage_output,
     write_manifest,
 )
+from arena_distill.layout import LOGIT_COLS
 from arena_distill.metrics import count_tokens, inference_throughput
 from arena_distill.models.factory import load_for_inference
 from arena_distill.stages.common import (
@@ -39,7 +40,6 @@ from arena_distill.stages.common import (
 )
 from arena_distill.stages.teacher import fold_dir
 from arena_distill.train import (
-    LOGIT_COLS,
     PreferenceTrainer,
     examples_for,
     inference_arguments,

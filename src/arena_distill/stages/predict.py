@@ -41,6 +41,7 @@ from arena_distill.io import (
     write_json,
     write_manifest,
 )
+from arena_distill.layout import PROB_COLS, TTA_PROB_COLS, prediction_table, score_predictions
 from arena_distill.metrics import accuracy, inference_throughput, log_loss
 from arena_distill.models.factory import load_tokenizer
 from arena_distill.predict import (
@@ -63,7 +64,6 @@ from arena_distill.predict import (
 from arena_distill.stages.common import data_key, prompt_config
 from arena_distill.submission import read_submission, write_submission
 from arena_distill.text import PromptConfig, encoding_map, tokenize_both_orientations
-from arena_distill.train import PROB_COLS, TTA_PROB_COLS, prediction_table, score_predictions
 
 log = logging.getLogger(__name__)
 

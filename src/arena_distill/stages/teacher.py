@@ -41,6 +41,7 @@ from arena_distill.io import (
     write_manifest,
     write_parquet,
 )
+from arena_distill.layout import prediction_table, score_predictions
 from arena_distill.losses import LossFn, cross_entropy
 from arena_distill.metrics import (
     count_tokens,
@@ -65,8 +66,6 @@ from arena_distill.train import (
     fit,
     make_examples,
     predict_logits,
-    prediction_table,
-    score_predictions,
 )
 
 log = logging.getLogger(__name__)
