@@ -19,7 +19,6 @@ TRAIN_STAGE = $(LAUNCH) -m arena_distill
 MODEL ?=
 FOLD ?=
 config_value = $(shell $(PY) -m arena_distill.config $(1) $(2))
-config_value_or_empty = $(shell $(PY) -m arena_distill.config $(1) $(2) 2>/dev/null)
 TEACHERS = $(or $(MODEL),$(call config_value,pipeline.teachers,$(ARGS)))
 STUDENT = $(or $(MODEL),$(call config_value,pipeline.student,$(ARGS)))
 PRETRAIN_MODELS = $(or $(MODEL),$(call config_value,pipeline.teachers,$(ARGS)) $(call config_value,pipeline.student,$(ARGS)))
@@ -33,9 +32,10 @@ help:
 	@echo "make setup      create $(VENV) and install the package with the dev extra"
 	@echo "make test       the default test suite (what CI runs)"
 	@echo "make test-slow  the slow-marked tests"
-	@echo "make demo       the whole pipeline on the embedded demo (CPU, tiny models)"
+	@echo "make demo       the whole pipeline on the embedded demo (CPU, tiny models; one process)"
 	@echo "make pipeline   the whole pipeline on your CSV: EXPERIMENT=cpu_real TRAIN=a.csv[,b.csv] OUT=dir"
 	@echo "                [PRETRAIN=c.csv[,d.csv]] [ABLATE=1: also the student without teacher terms]"
+	@echo "                [FORCE=1: rerun every stage, also those whose outputs are fresh]"
 	@echo "make lint       ruff"
 	@echo "stages (ARGS=\"hydra overrides\"): demo-data data tiny-models tokenize"
 	@echo "  pretrain train-teacher dump-logits distill (MODEL=name, FOLD=k, LAUNCH=\"accelerate launch ...\")"
@@ -106,15 +106,9 @@ predict: setup
 	$(STAGE) predict $(ARGS) model=$(STUDENT)
 
 # whole-data models scored on the labelled holdout: merged, quantized, and each fold's student
-# (averaged by the report into folds_mean) -> runs/<run>/holdout/<name>/
-HOLDOUT = $(STAGE) predict $(ARGS) model=$(STUDENT) stages.predict.split=holdout
+# (averaged by the report into folds_mean) -> runs/<run>/holdout/<name>/ (the pipeline's steps)
 predict-holdout: setup
-	for m in merged quantized; do \
-	  $(HOLDOUT) "stages.predict.model_dir=\$${run_dir}/$$m" "stages.predict.out_dir=\$${run_dir}/holdout/$$m" || exit 1; done
-	for k in $$(seq 0 $$(( $(call config_value,data.folds.n_folds,$(ARGS)) - 1 ))); do \
-	  $(HOLDOUT) "stages.predict.model_dir=\$${model.name_or_path}" \
-	    "stages.predict.adapter_dir=\$${stages.distill.out_dir}/fold_$$k/adapter" \
-	    "stages.predict.out_dir=\$${run_dir}/holdout/fold_$$k" || exit 1; done
+	$(STAGE) pipeline --only holdout --force $(ARGS)
 
 # class prior, length LR, TF-IDF LR on the same rows and folds (runs/<run>/baselines/)
 baselines: setup
@@ -129,27 +123,19 @@ KAGGLE_ARGS ?=
 kaggle-package: setup
 	$(PY) scripts/package_kaggle.py $(KAGGLE_ARGS)
 
-# --- the embedded default, end to end -------------------------------------------------------
+# --- the whole chain: `arena-distill pipeline` (the order lives in arena_distill/pipeline.py) ------
+# One process runs every stage; a stage whose output is complete and fresh is skipped (rerun
+# `make demo` after changing a setting: only what depends on it runs again). FORCE=1 reruns all.
+FORCE ?=
+PIPELINE = $(STAGE) pipeline $(if $(FORCE),--force)
+
 demo: setup
-	$(STAGE) demo_data $(DEMO)
-	$(STAGE) data $(DEMO)
-	$(STAGE) tiny_models $(DEMO)
-	$(STAGE) tokenize $(DEMO) model=$(call config_value,pipeline.student,$(DEMO))
-	$(MAKE) --no-print-directory pretrain ARGS="$(DEMO)"
-	$(MAKE) --no-print-directory train-teacher ARGS="$(DEMO)"
-	$(MAKE) --no-print-directory dump-logits ARGS="$(DEMO)"
-	$(MAKE) --no-print-directory distill ARGS="$(DEMO)"
-	$(MAKE) --no-print-directory merge ARGS="$(DEMO)"
-	$(MAKE) --no-print-directory quantize ARGS="$(DEMO)"
-	$(MAKE) --no-print-directory predict ARGS="$(DEMO)"
-	$(MAKE) --no-print-directory predict-holdout ARGS="$(DEMO)"
-	$(MAKE) --no-print-directory baselines ARGS="$(DEMO)"
-	$(MAKE) --no-print-directory report ARGS="$(DEMO)"
+	$(PIPELINE) $(DEMO)
 	@echo
 	@echo "submission:  runs/demo/predictions/submission.csv"
 	@echo "OOF summary: runs/demo/report/report.md (and report.html, metrics.json)"
 
-# --- the whole chain on any competition-format file(s) ---------------------------------------
+# the whole chain on any competition-format file(s):
 #   make pipeline EXPERIMENT=cpu_real TRAIN=../shared/data/preference/llmeval2.csv OUT=runs/llmeval2
 # TRAIN=a.csv,b.csv trains on the union of the files (ids must differ); PRETRAIN=c.csv[,d.csv]
 # post-pretrains every model on those files first and starts teachers and student from that
@@ -161,24 +147,7 @@ OUT ?=
 PRETRAIN ?=
 ABLATE ?=
 PIPE = experiment=$(EXPERIMENT) $(if $(TRAIN),'data.train.path=[$(TRAIN)]') $(if $(OUT),'run_dir=$(OUT)') \
-	$(if $(PRETRAIN),'data.pretrain=[$(PRETRAIN)]' stages.teacher.init_from_pretrain=true stages.distill.init_from_pretrain=true) $(ARGS)
-CE_ONLY = stages.distill.weights.kl=0 stages.distill.weights.cos=0 \
-	'stages.distill.out_dir=$(call config_value,run_dir,$(PIPE))/students/$(call config_value,pipeline.student,$(PIPE))_ce_only'
+	$(if $(PRETRAIN),'data.pretrain=[$(PRETRAIN)]' stages.teacher.init_from_pretrain=true stages.distill.init_from_pretrain=true) \
+	$(if $(ABLATE),pipeline.ablate=true) $(ARGS)
 pipeline: setup
-	$(STAGE) data $(PIPE)
-	$(if $(PRETRAIN),$(MAKE) --no-print-directory pretrain ARGS="$(PIPE)")
-	$(MAKE) --no-print-directory train-teacher ARGS="$(PIPE)"
-	$(MAKE) --no-print-directory dump-logits ARGS="$(PIPE)"
-	$(MAKE) --no-print-directory distill ARGS="$(PIPE)"
-	$(if $(ABLATE),$(MAKE) --no-print-directory distill ARGS="$(PIPE) $(CE_ONLY)")
-	$(MAKE) --no-print-directory merge ARGS="$(PIPE)"
-	$(MAKE) --no-print-directory quantize ARGS="$(PIPE)"
-	$(if $(call config_value_or_empty,data.test.path,$(PIPE)),$(MAKE) --no-print-directory predict ARGS="$(PIPE)",@echo "no data.test: no submission.csv (the holdout is scored instead)")
-	$(MAKE) --no-print-directory predict-holdout ARGS="$(PIPE)"
-	$(MAKE) --no-print-directory baselines ARGS="$(PIPE)"
-	$(MAKE) --no-print-directory report ARGS="$(PIPE)"
-	@echo
-	@echo "report: $(call config_value,run_dir,$(PIPE))/report/report.md (and report.html, metrics.json)"
-
-clean:
-	rm -rf runs outputs multirun .pytest_cache .ruff_cache
+	$(PIPELINE) $(PIPE)

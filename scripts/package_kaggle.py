@@ -60,6 +60,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from arena_distill import settings as config
 from arena_distill.config import REPO_ROOT, compose
 from arena_distill.io import atomic_dir
 from arena_distill.kaggle import PROMPT_FILE, write_prompt_file
@@ -79,7 +80,6 @@ KAGGLE_DEPS: dict[str, str | None] = {
 PURE_SDISTS = ("antlr4-python3-runtime",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 RUN_MODEL_DIRS = ("quantized", "merged")
-RUN_PATHS = ("name", "out_dir", "model_dir", "adapter_dir", "tokenizer_dir", "split")
 LOG_STAGES = ("quantize", "merge", "predict", "distill")
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{3,48}[a-z0-9]$")
 
@@ -282,11 +282,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     cfg, cfg_source = run_config(args.run_dir, args.overrides)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     prompt = OmegaConf.to_container(cfg.prompt, resolve=True)
-    predict = {
-        k: v
-        for k, v in OmegaConf.to_container(cfg.stages.predict, resolve=True).items()
-        if k not in RUN_PATHS
-    }
+    # the prediction settings without the run's paths (settings.PredictStageSettings.predict)
+    predict = config.to_dict(config.stage(cfg, "predict").predict())
     tokenizer_dir = args.tokenizer_dir or Path(str(model_cfg.get("name_or_path", "")))
 
     with atomic_dir(args.out) as tmp:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
 from pathlib import Path
 
 import pytest
-import yaml
 from omegaconf import OmegaConf
 
+from arena_distill import settings
 from arena_distill.config import compose, config_dir
 from arena_distill.stages import STAGES
 from arena_distill.text import PromptConfig
@@ -44,7 +46,7 @@ def test_model_configs(name):
     cfg = resolved([f"model={name}"])["model"]
     assert cfg["name"] == name
     assert cfg["num_labels"] == 3
-    assert cfg["kind"] in ("decoder", "encoder")
+    assert cfg["family"] in ("gemma2", "llama", "qwen2", "bert")
     assert cfg["lora"]["r"] > 0 and cfg["lora"]["target_modules"]
     # every model config has the same keys as the reference one, so stages can rely on them
     reference = resolved(["model=gemma2_9b"])["model"]
@@ -66,10 +68,11 @@ def test_prompt_configs_map_onto_prompt_config(name):
 
 @pytest.mark.parametrize("name", names("stage"))
 def test_stage_configs(name):
-    raw = yaml.safe_load((CONFIGS / "stage" / f"{name}.yaml").read_text())
-    assert raw["name"] == name
+    text = (CONFIGS / "stage" / f"{name}.yaml").read_text()
     assert name in STAGES
-    assert resolved([])["stages"][name]["name"] == name
+    # the header comment names the module that reads the block
+    assert text.startswith(f"# arena_distill.stages.{name}:")
+    settings.stage(compose([]), name)  # every key is one the stage's settings declare
 
 
 @pytest.mark.parametrize("name", names("experiment"))
@@ -148,3 +151,120 @@ def test_overrides_reach_stage_blocks():
     assert cfg.stages.teacher.lr == 3e-4
     assert cfg.data.folds.n_folds == 3
     assert cfg.run_dir == "runs/demo"
+
+
+# --- the configuration contract: every shipped key is declared and read -----------------------
+
+SHIPPED = (
+    [[f"experiment={n}"] for n in names("experiment")]
+    + [[f"model={n}"] for n in names("model")]
+    + [[f"data={n}", "data.train.path=a.csv"] for n in names("data")]
+    + [[f"prompt={n}"] for n in names("prompt")]
+)
+
+
+@pytest.mark.parametrize("overrides", SHIPPED, ids=lambda o: o[0])
+def test_every_shipped_config_builds_its_settings(overrides):
+    """Every experiment, model, data and prompt file composes into blocks that build into
+    their settings classes (no unknown key, every value of the declared type)."""
+    if overrides[0] == "experiment=cpu_real":
+        overrides = [*overrides, "data.train.path=a.csv"]
+    cfg = compose(overrides)
+    for name in settings.STAGE_SETTINGS:
+        settings.stage(cfg, name)
+    settings.model(cfg)
+    settings.data(cfg)
+    settings.prompt(cfg)
+    settings.pipeline(cfg)
+    settings.logging_settings(cfg)
+
+
+def _settings_classes() -> dict[str, type]:
+    """Every settings dataclass reachable from a config block, by its config path."""
+    out: dict[str, type] = {}
+
+    def walk(cls: type, path: str) -> None:
+        if cls in out.values():
+            return
+        out[path] = cls
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            for arg in typing.get_args(hints[f.name]) or (hints[f.name],):
+                for inner in typing.get_args(arg) or (arg,):
+                    if isinstance(inner, type) and dataclasses.is_dataclass(inner):
+                        walk(inner, f"{path}.{f.name}")
+
+    for name, cls in settings.STAGE_SETTINGS.items():
+        walk(cls, f"stages.{name}")
+    for name, cls in settings.ROOT_BLOCKS.items():
+        walk(cls, name)
+    return out
+
+
+def test_every_declared_key_is_read_by_the_code():
+    """A settings field nothing reads would be a key that changes nothing: each one must be
+    read somewhere in the package (attribute access, or ``["key"]`` / ``.get("key")`` where the
+    block travels as a mapping, as the model config does)."""
+    package = Path(settings.__file__).parent
+    code = "\n".join(p.read_text() for p in package.rglob("*.py") if p.name != "settings.py")
+    unread = []
+    for path, cls in _settings_classes().items():
+        for f in dataclasses.fields(cls):
+            n = re.escape(f.name)
+            if not re.search(rf"\.{n}\b|\[[\"']{n}[\"']\]|\.get\([\"']{n}[\"']", code):
+                unread.append(f"{path}.{f.name}")
+    assert unread == []
+
+
+def test_every_shipped_key_is_declared():
+    """The YAML files declare nothing the settings classes do not (the reverse direction of
+    the check above: validate() refuses such a key in every composed config)."""
+    for overrides in SHIPPED:
+        if overrides[0] == "experiment=cpu_real":
+            overrides = [*overrides, "data.train.path=a.csv"]
+        settings.validate(compose(overrides))
+
+
+def _configs_with(tmp_path: Path, name: str, text: str) -> Path:
+    """A copy of the shipped configs with one more experiment file."""
+    import shutil
+
+    root = tmp_path / "configs"
+    shutil.copytree(CONFIGS, root)
+    (root / "experiment" / f"{name}.yaml").write_text(text)
+    return root
+
+
+TYPO = """# @package _global_
+defaults:
+  - demo
+stages:
+  teacher: {learning_rate: 1.0e-4}
+"""
+
+
+def test_a_typo_in_an_experiment_file_is_refused_with_the_key_and_a_guess(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARENA_DISTILL_CONFIG_DIR", str(_configs_with(tmp_path, "typo", TYPO)))
+    with pytest.raises(settings.ConfigError) as err:
+        compose(["experiment=typo"])
+    assert str(err.value) == "stages.teacher.learning_rate: unknown key; did you mean lr?"
+
+
+def test_the_stage_command_refuses_a_typo_before_it_runs(tmp_path):
+    """``arena-distill teacher experiment=typo`` stops at once with the message, exit 1."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ARENA_DISTILL_CONFIG_DIR": str(_configs_with(tmp_path, "typo", TYPO))}
+    out = subprocess.run(
+        [sys.executable, "-m", "arena_distill", "teacher", "experiment=typo"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert out.returncode == 1
+    assert "stages.teacher.learning_rate: unknown key; did you mean lr?" in out.stderr
+    assert not (tmp_path / "runs").exists()  # nothing ran

@@ -11,23 +11,24 @@ import torch
 from torch import nn
 
 from arena_distill.data.swap import mirror_probs
-from arena_distill.predict import (
-    EMPTY_A,
-    IDENTICAL,
+from arena_distill.inference import (
     ModelSpec,
-    Plan,
-    guard_decision,
-    identical_answers,
     make_batches,
     padded_tokens,
-    plan_tokens,
-    postprocess,
     predict_logits,
     resolve_devices,
     run_inference,
     shard_work,
+)
+from arena_distill.predict import (
+    Plan,
+    guard_decision,
+    identical_answers,
+    plan_tokens,
+    postprocess,
     tta_probs,
 )
+from arena_distill.settings import EMPTY_A, IDENTICAL
 
 PAD = 0
 

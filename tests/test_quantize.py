@@ -16,21 +16,21 @@ from torch import nn
 from arena_distill.quantize import (
     CPU_WORKERS_ENV,
     QuantizationError,
-    QuantSettings,
     block_name,
     calibration_dataset,
     calibration_texts,
+    drift_logits,
     drift_metrics,
     group_report,
     head_intact,
     head_state,
     load_classifier,
-    predict_logits,
     quantize_model,
     quantized_layers,
     sample_calibration_rows,
     save_quantized,
 )
+from arena_distill.settings import QuantSettings
 from arena_distill.text import PromptConfig, encode_table, render_text
 
 WORDS = "the a model answer question python code list error fix value test data why how".split()
@@ -157,7 +157,7 @@ def quantize_and_check(source, out, settings, seqlen, rows=12):
 
     src = load_classifier(source)
     head_name, head = head_state(src)
-    before = predict_logits(src, ids, tok.pad_token_id)
+    before = drift_logits(src, ids, tok.pad_token_id)
 
     t0 = time.perf_counter()
     q = quantize_model(source, tok, data, settings, seqlen=seqlen)
@@ -174,7 +174,7 @@ def quantize_and_check(source, out, settings, seqlen, rows=12):
     assert type(getattr(back, head_name)) is nn.Linear
     layers = quantized_layers(back)
     assert layers and all(type(m).__name__ == "TorchLinear" for m in layers.values())
-    after = predict_logits(back, ids, tok.pad_token_id)
+    after = drift_logits(back, ids, tok.pad_token_id)
     m = drift_metrics(before, after, None)
     assert m["finite"]
     return m, back, layers, seconds

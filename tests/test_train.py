@@ -21,8 +21,8 @@ from arena_distill.metrics import (
     probs_from_logits,
     training_throughput,
 )
+from arena_distill.settings import ConfigError, TrainSettings, build
 from arena_distill.train import (
-    TrainSettings,
     examples_for,
     make_examples,
     training_arguments,
@@ -143,14 +143,9 @@ def test_prediction_table_mirrors_swapped_logits_and_averages_probabilities():
 
 
 def test_training_arguments_follow_the_settings(tmp_path):
-    s = TrainSettings.from_config(
-        {
-            "lr": 5e-5,
-            "global_batch_size": 64,
-            "per_device_batch_size": 4,
-            "betas": [0.9, 0.95],
-            "unused": 1,
-        }
+    s = build(
+        TrainSettings,
+        {"lr": 5e-5, "global_batch_size": 64, "per_device_batch_size": 4, "betas": [0.9, 0.95]},
     )
     args = training_arguments(s, tmp_path)
     assert args.gradient_accumulation_steps == 16
@@ -162,8 +157,10 @@ def test_training_arguments_follow_the_settings(tmp_path):
         TrainSettings(global_batch_size=64, per_device_batch_size=4, swap="full"), tmp_path
     )
     assert full.gradient_accumulation_steps == 8  # a pair is two rows
-    with pytest.raises(ValueError, match="swap"):
-        TrainSettings.from_config({"swap": "both"})
+    with pytest.raises(ConfigError, match="swap"):
+        build(TrainSettings, {"swap": "both"})
+    with pytest.raises(ConfigError, match="unused: unknown key"):
+        build(TrainSettings, {"unused": 1}, "stages.teacher")
 
 
 def test_distill_loss_is_the_first_place_formula_at_t1():

@@ -5,7 +5,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+
+def pad_right(
+    sequences: Sequence[Sequence[int]], pad_token_id: int, pad_to_multiple_of: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` right-padded with ``pad_token_id`` and the ``attention_mask`` (long).
+
+    Right padding: the classifiers pool the last non-pad token, and their config's pad id says
+    which token that is. The one padding routine of the project (training collator, inference
+    engine). ``pad_to_multiple_of`` rounds the width up."""
+    longest = max(len(s) for s in sequences)
+    if pad_to_multiple_of:
+        m = pad_to_multiple_of
+        longest = (longest + m - 1) // m * m
+    ids = torch.full((len(sequences), longest), int(pad_token_id), dtype=torch.long)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        n = len(s)
+        ids[i, :n] = torch.as_tensor(np.asarray(s, dtype=np.int64))
+        mask[i, :n] = 1
+    return ids, mask
 
 
 @dataclass
@@ -26,16 +48,9 @@ class PreferenceCollator:
 
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
         flat = [e for ex in examples for e in (ex["pair"] if "pair" in ex else [ex])]
-        longest = max(len(e["input_ids"]) for e in flat)
-        if self.pad_to_multiple_of:
-            m = self.pad_to_multiple_of
-            longest = (longest + m - 1) // m * m
-        ids = torch.full((len(flat), longest), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(flat), longest), dtype=torch.long)
-        for i, e in enumerate(flat):
-            n = len(e["input_ids"])
-            ids[i, :n] = torch.as_tensor(e["input_ids"], dtype=torch.long)
-            mask[i, :n] = 1
+        ids, mask = pad_right(
+            [e["input_ids"] for e in flat], self.pad_token_id, self.pad_to_multiple_of
+        )
         self.real_tokens += int(mask.sum())
         self.padded_tokens += mask.numel()
         batch = {"input_ids": ids, "attention_mask": mask}

@@ -47,12 +47,17 @@ register_resolvers()
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
-    """Compose the root config with Hydra overrides, outside a Hydra app (tests, notebooks)."""
+    """Compose the root config with Hydra overrides, outside a Hydra app (tests, notebooks, the
+    one-process pipeline), and check it against the configuration contract
+    (``settings.validate``: a key the code does not read is an error)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    from arena_distill.settings import validate
+
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
+    return validate(cfg)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,7 +86,20 @@ def hydra_app(run: Callable[[DictConfig], object]) -> None:
     overrides, ``--cfg``, ``--multirun``; the job is named after ``run``'s module).
 
     The app is built on call, not at import, so the stage modules import without ``configs/``
-    (an installed wheel on Kaggle calls their functions directly)."""
+    (an installed wheel on Kaggle calls their functions directly). The composed config is
+    checked against the configuration contract (``settings.validate``) before ``run``."""
+    import functools
+
     import hydra
 
-    hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(run)()
+    from arena_distill.settings import ConfigError, validate
+
+    @functools.wraps(run)
+    def checked(cfg: DictConfig) -> object:
+        try:
+            validate(cfg)
+        except ConfigError as exc:  # a typo: say it plainly, no traceback
+            raise SystemExit(f"config error: {exc}") from None
+        return run(cfg)
+
+    hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(checked)()

@@ -268,3 +268,10 @@ def require_fresh(folder: str | Path, inputs: Sequence[str | Path], *, stage: st
                 f"{folder} is stale: {path} changed after it was built; rerun `arena-distill "
                 f"{stage}` (with overwrite=true where the stage keeps finished parts)"
             )
+
+
+def remove_dir(path: str | Path) -> None:
+    """Remove a folder and everything in it, if it exists."""
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)

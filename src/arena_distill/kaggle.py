@@ -2,7 +2,7 @@
 
 ``notebooks/submission.ipynb`` calls :func:`predict_csv` once. It runs offline from an installed
 wheel (no ``configs/`` folder, no Hydra composition) and does exactly what the ``predict``
-stage does (``arena_distill.stages.predict.predict_rows``: swap-TTA, length-sorted batches, one
+stage does (``arena_distill.predict.predict_rows``: swap-TTA, length-sorted batches, one
 process per GPU, the time-budget guard, post-processing, the submission validator); only the
 rows come from the raw competition file (``read_competition``) instead of a run folder.
 
@@ -21,12 +21,13 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from arena_distill.data.readers import read_competition, read_sample_submission
 from arena_distill.data.summary import DataSummary
+from arena_distill.settings import PredictSettings
 from arena_distill.submission import read_submission, validate_submission
 from arena_distill.text import PromptConfig
 
@@ -34,11 +35,12 @@ log = logging.getLogger(__name__)
 
 PROMPT_FILE = "arena_distill_prompt.json"
 PROMPT_FILE_FORMAT = 1
-AUTO = "auto"
 # settings of a run's ``stages.predict`` that describe the run's machine, not the model
 MACHINE_SETTINGS = ("devices", "progress")
-# config.json ``model_type`` -> the model config's ``family`` / ``kind``
+# config.json ``model_type`` -> the model config's ``family``
 FAMILIES = {"llama": "llama", "gemma2": "gemma2", "qwen2": "qwen2", "bert": "bert"}
+# model-config keys that earlier versions wrote into PROMPT_FILE and nothing reads any more
+RETIRED_MODEL_KEYS = ("kind", "max_position_embeddings")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +94,6 @@ def infer_model_cfg(model_dir: str | Path) -> dict[str, Any]:
     return {
         "name": Path(model_dir).name,
         "family": family,
-        "kind": "encoder" if family == "bert" else "decoder",
         "num_labels": int(config.get("num_labels", len(config.get("id2label", {})) or 3)),
         "dtype": "float32",
         "attn_implementation": "auto",
@@ -139,14 +140,7 @@ def predict_csv(
     adapter_dir: str | Path | None = None,
     prompt: PromptConfig | Mapping[str, Any] | str | Path | None = None,
     model_cfg: Mapping[str, Any] | None = None,
-    tta: bool | None = None,
-    devices: str | Sequence[str] | None = None,
-    time_budget_hours: float | None | str = AUTO,
-    max_length: int | None = None,
-    fallback_max_length: int | None = None,
-    batch_size: int | None = None,
-    postprocess: bool | None = None,
-    progress: bool | None = None,
+    settings: Mapping[str, Any] | None = None,
     work_dir: str | Path | None = None,
     started_at: float | None = None,
 ) -> Path:
@@ -154,20 +148,22 @@ def predict_csv(
 
     ``model_dir``: a full classifier folder (GPTQ, merged, or any fine-tuned one) with its
     tokenizer; ``adapter_dir`` an optional peft adapter on it. ``prompt``: a ``PromptConfig``,
-    a mapping or a JSON file; default the model folder's :data:`PROMPT_FILE`. The switches
-    default (None, or ``"auto"`` for ``time_budget_hours``, where None turns the guard off) to
-    the settings in :data:`PROMPT_FILE`, else to the predict stage's defaults (swap-TTA on, max
-    length 2000, fallback 1024, batch 8, 9 hours, post-processing off); ``devices`` defaults
-    to every visible GPU (else the CPU). ``work_dir`` (default ``<out_csv folder>/arena_distill``)
-    receives ``predictions/`` (``submission.csv``, ``predictions.parquet``, ``metrics.json``,
-    ``manifest.json``; replaced as a whole). ``started_at`` (``time.perf_counter()``) is when the
-    time budget started, e.g. at the notebook's first cell (default: now).
+    a mapping or a JSON file; default the model folder's :data:`PROMPT_FILE`. ``settings``:
+    prediction settings (``settings.PredictSettings`` keys, e.g. ``{"tta": True,
+    "time_budget_hours": 9.0, "max_length": 2000, "batch_size": 8, "devices": "auto"}``)
+    over those saved in :data:`PROMPT_FILE` (else the predict stage's defaults: swap-TTA on,
+    max length 2000, fallback 1024, batch 8, 9 hours, post-processing off); a key there that
+    is not a setting is an error. ``devices`` defaults to every visible GPU (else the CPU).
+    ``work_dir`` (default ``<out_csv folder>/arena_distill``) receives ``predictions/``
+    (``submission.csv``, ``predictions.parquet``, ``metrics.json``, ``manifest.json``; replaced
+    as a whole). ``started_at`` (``time.perf_counter()``) is when the time budget started,
+    e.g. at the notebook's first cell (default: now).
 
     The submission holds every id of ``test_csv`` once (and exactly the sample submission's
     ids when given), with finite probabilities summing to 1; it is validated before it is
     written and again after.
     """
-    from arena_distill.stages.predict import PredictSettings, predict_rows
+    from arena_distill.predict import PredictRequest, predict_rows
 
     t_start = time.perf_counter() if started_at is None else float(started_at)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -188,44 +184,23 @@ def predict_csv(
     prompt_cfg = _prompt(prompt, info, model_dir)
     if model_cfg is None:
         if info and info.get("model"):
-            model_cfg = info["model"]
+            model_cfg = {k: v for k, v in info["model"].items() if k not in RETIRED_MODEL_KEYS}
         else:
             model_cfg = infer_model_cfg(model_dir)
             log.warning(
                 "%s has no %s: model config inferred as %s", model_dir, PROMPT_FILE, model_cfg
             )
     model_cfg = {**dict(model_cfg), "name_or_path": str(model_dir)}
-
-    saved = {
-        k: v for k, v in ((info or {}).get("predict") or {}).items() if k not in MACHINE_SETTINGS
-    }
-    settings = PredictSettings.from_config(saved)
-    overrides = {
-        "tta": tta,
-        "devices": devices,
-        "max_length": max_length,
-        "fallback_max_length": fallback_max_length,
-        "batch_size": batch_size,
-        "postprocess": postprocess,
-        "progress": progress,
-    }
-    changes = {k: v for k, v in overrides.items() if v is not None}
-    if time_budget_hours != AUTO:
-        changes["time_budget_hours"] = time_budget_hours
-    for key, value in changes.items():
-        setattr(settings, key, value)
+    predict = prediction_settings(info, settings)
 
     work_dir = out_csv.parent / "arena_distill" if work_dir is None else Path(work_dir)
     out_dir = work_dir / "predictions"
-    log.info(
-        "%d rows of %s -> %s (model %s, %s)", len(rows), test_csv, out_csv, model_dir, settings
-    )
+    log.info("%d rows of %s -> %s (model %s, %s)", len(rows), test_csv, out_csv, model_dir, predict)
     with tempfile.TemporaryDirectory(prefix="arena-tokens-") as cache_dir:
-        predict_rows(
-            rows,
+        request = PredictRequest(
+            rows=rows,
             model_cfg=model_cfg,
             prompt=prompt_cfg,
-            settings=settings,
             out_dir=out_dir,
             cache_dir=cache_dir,
             adapter_dir=adapter_dir,
@@ -235,12 +210,13 @@ def predict_csv(
             manifest_config={
                 "model": model_cfg,
                 "prompt": prompt_cfg.to_dict(),
-                "stage": settings.to_dict(),
+                "stage": predict.to_dict(),
                 "adapter_dir": None if adapter_dir is None else str(adapter_dir),
                 "prompt_file": info is not None,
             },
             t_start=t_start,
         )
+        predict_rows(request, predict)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     if out_csv.resolve() != (out_dir / "submission.csv").resolve():
         tmp = out_csv.with_name(f".{out_csv.name}.tmp-{os.getpid()}")
@@ -250,10 +226,25 @@ def predict_csv(
         read_submission(out_csv),
         rows["id"].tolist(),
         sample_ids=sample_ids,
-        clip_eps=float(settings.clip_eps),
+        clip_eps=float(predict.clip_eps),
     )
     log.info("submission written: %s (%d rows)", out_csv, len(rows))
     return out_csv
+
+
+def prediction_settings(
+    info: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None
+) -> PredictSettings:
+    """The settings saved in a model folder's :data:`PROMPT_FILE` (without the settings that
+    describe the machine it was packaged on), with ``overrides`` on top."""
+    saved = {
+        k: v for k, v in ((info or {}).get("predict") or {}).items() if k not in MACHINE_SETTINGS
+    }
+    settings = PredictSettings.from_config(saved, "prompt file: predict")
+    if overrides:
+        merged = {**settings.to_dict(), **dict(overrides)}
+        settings = PredictSettings.from_config(merged, "predict_csv settings")
+    return settings
 
 
 def read_metrics(out_csv: str | Path, work_dir: str | Path | None = None) -> dict[str, Any]:

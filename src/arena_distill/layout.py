@@ -28,6 +28,7 @@ import pandas as pd
 from arena_distill.data.folds import read_folds
 from arena_distill.data.swap import mirror_probs
 from arena_distill.data.tableio import load_table
+from arena_distill.io import require_stage_output
 from arena_distill.metrics import classification_metrics, log_loss, probs_from_logits
 
 # --- files of the data stage ---------------------------------------------------------------
@@ -108,6 +109,16 @@ def read_run_data(data_dir: str | Path) -> RunData:
         extra=load_table(data_dir / EXTRA),
         folds=read_folds(data_dir / FOLDS),
     )
+
+
+def data_dir(cfg) -> Path:
+    """The finished data stage's output folder of the run ``cfg`` describes."""
+    return require_stage_output(cfg.stages.data.out_dir, stage="data", files=list(LABELLED_FILES))
+
+
+def load_run_data(cfg) -> RunData:
+    """The labelled rows and folds of the run ``cfg`` describes (its data stage's output)."""
+    return read_run_data(data_dir(cfg))
 
 
 def prediction_table(

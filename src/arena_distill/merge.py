@@ -362,7 +362,7 @@ def merge_into_base(
     trained on the dequantized NF4 weights, so the result is close to, not equal to, the
     QLoRA model. The saved ``config.json`` keeps ``num_labels``, ``pad_token_id`` and, for
     Gemma-2, ``attn_implementation: eager`` (transformers 5 does not save it)."""
-    from arena_distill.models.factory import load_for_inference, pin_eager_attention
+    from arena_distill.models.factory import load_for_inference, pin_saved_attention
 
     cfg = _plain(model_cfg)
     if cfg.get("head", "linear") != "linear":
@@ -380,7 +380,7 @@ def merge_into_base(
     model.config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    pin_eager_attention(out)
+    pin_saved_attention(out)
     return stats
 
 

@@ -1,30 +1,25 @@
-"""Swap-TTA inference in plain torch (no ``Trainer``): what runs in the Kaggle scoring notebook.
+"""Prediction: the rows of a table in, a validated submission and a prediction table out.
 
-The pieces, each usable on its own:
+The core that the ``predict`` stage (``arena-distill predict``, test or holdout rows of a run)
+and the Kaggle notebook (``kaggle.predict_csv``, the raw ``test.csv``) share: one
+:class:`PredictRequest` (what to predict, with which model, where to write) and one
+``settings.PredictSettings`` (how) go into :func:`predict_rows`. The forward passes run on the
+inference engine (``arena_distill.inference``); this module adds:
 
-* ``make_batches``: length-sorted (longest first), dynamically sized batches: at most
-  ``batch_size`` rows and at most ``max_tokens`` padded positions (rows × longest row) each; a
-  single row longer than ``max_tokens`` forms a batch of its own. ``predict_logits`` runs a
-  model over them, pads per batch (right padding, as the collator) and returns the logits in
-  input order.
-* ``shard_work``: which (row, orientation) each device predicts. With swap-TTA on an even
-  number of devices the first half does the original orientation and the second half the
-  swapped one (the 1st place on 2× T4: original on GPU0, swapped on GPU1); otherwise all work
-  items are dealt out longest first, round robin, so devices get similar token counts.
-* ``run_inference``: one model copy per device, each in its own process
-  (``torch.multiprocessing`` spawn) when there are 2+ devices; in-process with one device (CPU).
-* ``guard_decision``: the time-budget guard. From a measured throughput (padded tokens/s) it
-  estimates each plan and falls back, in order, to a shorter ``max_length`` and then to no TTA.
-* ``postprocess``: the 4th place's fixed probabilities for empty and identical answers.
+* the time-budget guard (``guard_decision``): from a measured throughput (padded tokens/s) it
+  estimates each plan and falls back, in order, to a shorter ``max_length`` and then to no TTA;
+* swap-TTA: both orientations predicted, the swapped one mirrored back, probabilities averaged;
+* ``postprocess``: the 4th place's fixed probabilities for empty and identical answers;
+* the outputs: ``submission.csv`` (validated), ``predictions.parquet``, ``metrics.json``,
+  ``manifest.json``, written atomically.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,219 +32,32 @@ import torch
 
 from arena_distill.data.dedup import normalise_for_hash
 from arena_distill.data.swap import mirror_probs
-from arena_distill.metrics import probs_from_logits
+from arena_distill.inference import (
+    ORIGINAL,
+    SWAPPED,
+    InferenceResult,
+    ModelSpec,
+    load_model,
+    make_batches,
+    measure_throughput,
+    padded_tokens,
+    resolve_devices,
+    run_inference,
+)
+from arena_distill.io import StageInputError, StageTimer, atomic_dir, write_json, write_manifest
+from arena_distill.layout import (
+    FINAL_COLS,
+    PROB_COLS,
+    TTA_PROB_COLS,
+    prediction_table,
+    score_predictions,
+)
+from arena_distill.metrics import accuracy, inference_throughput, log_loss, probs_from_logits
+from arena_distill.settings import EMPTY_A, IDENTICAL, PredictSettings
+from arena_distill.submission import read_submission, write_submission
+from arena_distill.text import PromptConfig, encoding_map, tokenize_both_orientations
 
 log = logging.getLogger(__name__)
-
-ORIGINAL, SWAPPED = False, True
-
-
-# ---------------------------------------------------------------------------------------------
-# Devices and batches
-# ---------------------------------------------------------------------------------------------
-
-
-def resolve_devices(spec: Any) -> list[str]:
-    """``auto`` (or None) → every visible CUDA device, else ``["cpu"]``; a name or a list as is."""
-    if spec is None or spec == "auto":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        return [f"cuda:{i}" for i in range(n)] or ["cpu"]
-    if isinstance(spec, str):
-        return [spec]
-    devices = [str(d) for d in spec]
-    if not devices:
-        raise ValueError("devices must name at least one device")
-    return devices
-
-
-def make_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[np.ndarray]:
-    """Indices of ``lengths`` grouped into batches, longest rows first.
-
-    Each batch has at most ``batch_size`` rows and ``len(batch) * max(length) <= max_tokens``
-    (padded positions), except a row longer than ``max_tokens`` alone. Every index appears in
-    exactly one batch. Longest first: an out-of-memory shows at once, and the throughput
-    measured on the first batches is a conservative one.
-    """
-    if batch_size < 1 or max_tokens < 1:
-        raise ValueError(f"batch_size and max_tokens must be >= 1, got {batch_size}, {max_tokens}")
-    lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.argsort(-lengths, kind="stable")
-    batches: list[np.ndarray] = []
-    start = 0
-    while start < len(order):
-        longest = int(lengths[order[start]])  # descending: the first row is the longest
-        n = min(batch_size, max(1, max_tokens // max(longest, 1)), len(order) - start)
-        batches.append(order[start : start + n])
-        start += n
-    return batches
-
-
-def padded_tokens(lengths: Sequence[int], batches: Sequence[np.ndarray]) -> int:
-    """Positions computed for ``batches`` (rows × longest row, summed)."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    return int(sum(len(b) * int(lengths[b].max()) for b in batches if len(b)))
-
-
-def pad_batch(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, ...]:
-    """Right-padded ``input_ids`` and ``attention_mask`` (as ``collate.PreferenceCollator``)."""
-    longest = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), longest), int(pad_token_id), dtype=torch.long)
-    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        ids[i, : len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
-@dataclass
-class BatchRun:
-    """Logits (N, 3) in input order and what computing them cost."""
-
-    logits: np.ndarray
-    tokens: int = 0  # real tokens
-    padded: int = 0  # computed positions
-    seconds: float = 0.0
-    batches: int = 0
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def padded_per_s(self) -> float:
-        return self.padded / self.seconds if self.seconds > 0 else 0.0
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.inference_mode()
-def predict_logits(
-    model: torch.nn.Module,
-    sequences: Sequence[Sequence[int]],
-    *,
-    pad_token_id: int,
-    batch_size: int = 8,
-    max_tokens: int | None = None,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-    desc: str = "predict",
-    max_batches: int | None = None,
-    position: int = 0,
-) -> BatchRun:
-    """Logits of ``model`` on every sequence, in input order (float32, shape (N, 3)).
-
-    Length-sorted dynamic batches (``make_batches``; ``max_tokens`` defaults to ``batch_size``
-    × the longest sequence). ``max_batches`` stops early (throughput measurement); rows not
-    reached are left NaN.
-    """
-    n = len(sequences)
-    out = np.full((n, 3), np.nan, dtype=np.float32)
-    if n == 0:
-        return BatchRun(out)
-    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=n)
-    if max_tokens is None:
-        max_tokens = batch_size * int(lengths.max())
-    batches = make_batches(lengths, batch_size, max_tokens)
-    if max_batches is not None:
-        batches = batches[:max_batches]
-    if device is None:
-        device = next(model.parameters()).device
-    device = torch.device(device)
-    run = BatchRun(out)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=int(sum(len(b) for b in batches)),
-        desc=desc,
-        unit="row",
-        disable=not progress,
-        position=position,
-        leave=position == 0,
-    )
-    _sync(device)
-    t0 = time.perf_counter()
-    for batch in batches:
-        ids, mask = pad_batch([sequences[i] for i in batch], pad_token_id)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        out[batch] = logits.float().cpu().numpy()
-        run.tokens += int(lengths[batch].sum())
-        run.padded += ids.numel()
-        run.batches += 1
-        bar.update(len(batch))
-    _sync(device)
-    run.seconds = time.perf_counter() - t0
-    bar.close()
-    return run
-
-
-def measure_throughput(
-    model: torch.nn.Module,
-    sequences: Sequence[Sequence[int]],
-    *,
-    pad_token_id: int,
-    batch_size: int,
-    max_tokens: int | None,
-    n_batches: int = 4,
-    device: str | torch.device | None = None,
-) -> dict[str, float]:
-    """Padded tokens/s on the first (longest) ``n_batches`` batches of ``sequences``.
-
-    With 2+ batches the first one is a warm-up (CUDA kernels, allocator) and not timed.
-    """
-    kw = dict(pad_token_id=pad_token_id, batch_size=batch_size, max_tokens=max_tokens)
-    kw.update(device=device, progress=False)
-    warm = 1 if n_batches >= 2 else 0
-    if warm:
-        predict_logits(model, sequences, max_batches=1, **kw)
-    # the warm-up batch is timed again: its rows are the longest, so this stays conservative
-    run = predict_logits(model, sequences, max_batches=max(n_batches - warm, 1), **kw)
-    return {
-        "padded_tokens_per_s": run.padded_per_s,
-        "tokens_per_s": run.tokens_per_s,
-        "batches": run.batches,
-        "seconds": run.seconds,
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Sharding over devices
-# ---------------------------------------------------------------------------------------------
-
-WorkItem = tuple[int, bool]  # (row, swapped)
-
-
-def shard_work(
-    lengths: Mapping[bool, Sequence[int]], n_devices: int, tta: bool
-) -> list[list[WorkItem]]:
-    """The (row, swapped) items each of ``n_devices`` devices predicts; every item once.
-
-    ``lengths[False]`` / ``lengths[True]`` are the token lengths of the original / swapped
-    encodings. With ``tta`` on an even number of devices, devices ``0 .. n/2-1`` predict the
-    original orientation and the others the swapped one (2 devices: the Kaggle pattern). Within
-    a group (or over all items otherwise) items are dealt longest first, round robin.
-    """
-    if n_devices < 1:
-        raise ValueError(f"n_devices must be >= 1, got {n_devices}")
-    orientations = (ORIGINAL, SWAPPED) if tta else (ORIGINAL,)
-
-    def deal(items: list[WorkItem], n: int) -> list[list[WorkItem]]:
-        items = sorted(items, key=lambda it: (-int(lengths[it[1]][it[0]]), it[1], it[0]))
-        shards: list[list[WorkItem]] = [[] for _ in range(n)]
-        for k, it in enumerate(items):
-            shards[k % n].append(it)
-        return shards
-
-    n_rows = len(lengths[ORIGINAL])
-    if tta and n_devices % 2 == 0:
-        half = n_devices // 2
-        return [
-            shard for o in orientations for shard in deal([(r, o) for r in range(n_rows)], half)
-        ]
-    return deal([(r, o) for o in orientations for r in range(n_rows)], n_devices)
-
 
 # ---------------------------------------------------------------------------------------------
 # The time-budget guard
@@ -336,12 +144,14 @@ def guard_decision(
     return GuardDecision(requested, plan, action, budget_s, est, tokens_per_s, rows)
 
 
+def budget_seconds(hours: float | None, safety: float = 1.0) -> float:
+    return math.inf if hours is None else float(hours) * 3600.0 * float(safety)
+
+
 # ---------------------------------------------------------------------------------------------
 # Post-processing (4th place)
 # ---------------------------------------------------------------------------------------------
 
-EMPTY_A = (0.04, 0.88, 0.08)
-IDENTICAL = (0.06, 0.06, 0.88)
 RULES = ("identical", "empty_a", "empty_b")
 
 
@@ -400,184 +210,286 @@ def tta_probs(logits: np.ndarray, swapped_logits: np.ndarray | None) -> np.ndarr
 
 
 # ---------------------------------------------------------------------------------------------
-# Models and the multi-device executor
+# The core
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ModelSpec:
-    """What a worker needs to load the model: a model config mapping (``name_or_path`` = the
-    full model folder, or the base when ``adapter_dir`` is set), an optional peft adapter and
-    the dtype (``auto``: float16 on CUDA, float32 on CPU)."""
+@dataclass(kw_only=True)
+class PredictRequest:
+    """What to predict, with which model, and where the outputs go.
 
-    model_cfg: dict
-    adapter_dir: str | None = None
-    dtype: str = "auto"
+    ``rows``: a normalised table (the data stage's layout; ``label`` is scored when every row
+    has one). ``model_cfg["name_or_path"]``: the model folder (the base when ``adapter_dir`` is
+    a peft adapter on it). ``prompt``: the template the model was trained with. ``data_key``
+    names the rows in the token cache (None: their content hash). ``sample_ids``: the sample
+    submission's ids, which the submission must match. ``inputs`` and ``manifest_config`` go
+    into the manifest. ``t_start`` (a ``time.perf_counter()`` value) is when the time budget
+    started (None: now)."""
 
-
-def resolve_dtype(dtype: str, device: str | torch.device) -> str:
-    if dtype != "auto":
-        return dtype
-    return "float16" if torch.device(device).type == "cuda" else "float32"
-
-
-def load_model(spec: ModelSpec, device: str | torch.device) -> tuple[torch.nn.Module, Any]:
-    """The model in eval mode on ``device`` and its tokenizer (``factory.load_for_inference``).
-
-    A full model folder carries its own quantization (GPTQ) in its ``config.json``, so the
-    config's bitsandbytes section only applies to a base under an adapter (teacher folds).
-    """
-    from arena_distill.models.factory import load_for_inference
-
-    cfg = dict(spec.model_cfg)
-    cfg["dtype"] = resolve_dtype(spec.dtype, device)
-    if spec.adapter_dir is None:
-        cfg["quantization"] = None
-    model, tokenizer = load_for_inference(cfg, spec.adapter_dir, device=device)
-    return model.eval(), tokenizer
-
-
-@dataclass
-class WorkerJob:
-    rank: int
-    device: str
-    spec: ModelSpec
-    sequences: list[np.ndarray]
-    batch_size: int
-    max_tokens: int | None
-    progress: bool
-    threads: int | None = None
-
-
-def _run_job(job: WorkerJob, model: torch.nn.Module | None = None) -> BatchRun:
-    if model is None:
-        model, _ = load_model(job.spec, job.device)
-    pad = model.config.pad_token_id if hasattr(model, "config") else None
-    if pad is None:
-        raise ValueError("the model config has no pad_token_id")
-    return predict_logits(
-        model,
-        job.sequences,
-        pad_token_id=int(pad),
-        batch_size=job.batch_size,
-        max_tokens=job.max_tokens,
-        device=job.device,
-        progress=job.progress,
-        desc=f"predict[{job.device}]",
-        position=job.rank,
-    )
-
-
-def _worker(rank: int, jobs: list[WorkerJob], result_dir: str) -> None:
-    """Spawned process ``rank``: load its model copy, predict its shard, save the logits."""
-    job = jobs[rank]
-    if job.threads:
-        torch.set_num_threads(job.threads)
-    if job.device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(job.device))
-    run = _run_job(job)
-    stats = np.array([run.tokens, run.padded, run.seconds, run.batches], dtype=np.float64)
-    np.savez(Path(result_dir) / f"shard_{rank}.npz", logits=run.logits, stats=stats)
-
-
-@dataclass
-class InferenceResult:
-    logits: dict[bool, np.ndarray]  # orientation -> (N, 3), rows in input order
-    devices: list[str]
-    shards: list[dict]
-    seconds: float
+    rows: pd.DataFrame
+    model_cfg: Mapping[str, Any]
+    prompt: PromptConfig
+    out_dir: str | Path
+    cache_dir: str | Path
+    adapter_dir: str | Path | None = None
+    tokenizer_dir: str | Path | None = None
+    data_key: str | None = None
+    sample_ids: Sequence[str] | None = None
+    split: str = "test"
+    inputs: Sequence[Path] = ()
+    manifest_config: Mapping[str, Any] | None = None
+    t_start: float | None = None
 
     @property
-    def tokens(self) -> int:
-        return int(sum(s["tokens"] for s in self.shards))
+    def ids(self) -> list[str]:
+        return self.rows["id"].astype(str).tolist()
 
     @property
-    def padded(self) -> int:
-        return int(sum(s["padded"] for s in self.shards))
+    def model_dir(self) -> Path:
+        return Path(self.model_cfg["name_or_path"])
+
+    @property
+    def labelled(self) -> bool:
+        rows = self.rows
+        return "label" in rows.columns and len(rows) > 0 and bool(rows["label"].notna().all())
 
 
-def run_inference(
+def check_model_dir(model_dir: str | Path, adapter_dir: str | Path | None = None) -> None:
+    """``StageInputError`` unless ``model_dir`` is a model folder (and ``adapter_dir`` an adapter)."""
+    if not (Path(model_dir) / "config.json").is_file():
+        raise StageInputError(
+            f"{model_dir} is not a model folder (no config.json); set stages.predict.model_dir "
+            "(the quantize or merge stage's output, or any classifier folder)"
+        )
+    if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise StageInputError(f"{adapter_dir} is not a peft adapter (no adapter_config.json)")
+
+
+class _Encoder:
+    """The request's rows as token ids in both orientations, at any token budget (cached)."""
+
+    def __init__(self, request: PredictRequest) -> None:
+        from arena_distill.models.factory import load_tokenizer
+
+        self.request = request
+        tokenizer_dir = request.tokenizer_dir or request.model_dir
+        self.tokenizer = load_tokenizer({**request.model_cfg, "name_or_path": str(tokenizer_dir)})
+
+    def __call__(self, max_length: int) -> dict[bool, list[list[int]]]:
+        r = self.request
+        enc = encoding_map(
+            tokenize_both_orientations(
+                r.rows,
+                self.tokenizer,
+                dataclasses.replace(r.prompt, max_length=max_length),
+                cache_dir=r.cache_dir,
+                data_key=r.data_key,
+            )
+        )
+        return {o: [enc[(i, o)] for i in r.ids] for o in (ORIGINAL, SWAPPED)}
+
+
+def _run_guard(
     spec: ModelSpec,
-    sequences: Mapping[bool, Sequence[Sequence[int]]],
-    *,
-    devices: Sequence[str],
-    tta: bool,
-    batch_size: int,
-    max_tokens: int | None,
-    progress: bool = True,
-    model: torch.nn.Module | None = None,
-) -> InferenceResult:
-    """Logits of every row in the needed orientations, sharded over ``devices``.
+    enc: dict[bool, list[list[int]]],
+    settings: PredictSettings,
+    requested: Plan,
+    devices: list[str],
+    t_start: float,
+) -> tuple[GuardDecision, dict, torch.nn.Module | None]:
+    """Measure throughput on the longest batches and decide the plan; the model is returned for
+    reuse when one device will predict (several devices load their own copies)."""
+    model, _ = load_model(spec, devices[0])
+    batch_size = int(settings.batch_size)
+    cfg_max_tokens = settings.max_tokens_per_batch
+    measured = measure_throughput(
+        model,
+        enc[ORIGINAL],
+        pad_token_id=int(model.config.pad_token_id),
+        batch_size=batch_size,
+        max_tokens=int(cfg_max_tokens or batch_size * requested.max_length),
+        n_batches=int(settings.guard_batches),
+        device=devices[0],
+    )
+    lengths = {o: [len(s) for s in enc[o]] for o in enc}
+    fallback = settings.fallback_max_length
+    lens = {requested.max_length, int(fallback) if fallback else requested.max_length}
+    plans = [Plan(m, t) for m in lens for t in (True, False)]
+    tokens = {
+        p: plan_tokens(lengths, p, batch_size, int(cfg_max_tokens) if cfg_max_tokens else None)
+        for p in plans
+    }
+    decision = guard_decision(
+        requested=requested,
+        tokens=tokens,
+        tokens_per_s=max(measured["padded_tokens_per_s"], 1e-9),
+        budget_s=budget_seconds(settings.time_budget_hours, settings.time_budget_safety),
+        elapsed_s=time.perf_counter() - t_start,
+        n_devices=len(devices),
+        fallback_max_length=int(fallback) if fallback else None,
+    )
+    log_fn = log.info if decision.action == "none" else log.warning
+    log_fn(
+        "time-budget guard: %s -> plan %s (estimated %.0f s of %.0f s at %.0f tokens/s)",
+        decision.action,
+        decision.plan,
+        decision.estimated_s,
+        decision.budget_s,
+        decision.tokens_per_s,
+    )
+    if len(devices) > 1:  # every worker loads its own copy
+        del model
+        model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return decision, {**decision.to_dict(), "measured": measured}, model
 
-    One device: in this process (``model`` reused when given). Several: one spawned process
-    per device, each loading its own copy of the model. ``sequences[False]`` / ``[True]`` are
-    the original / swapped token ids per row.
-    """
-    devices = list(devices)
-    n_rows = len(sequences[ORIGINAL])
-    lengths = {o: [len(s) for s in seqs] for o, seqs in sequences.items()}
-    shards = shard_work(lengths, len(devices), tta)
-    threads = None
-    if len(devices) > 1 and all(d == "cpu" for d in devices):
-        threads = max(1, (os.cpu_count() or 1) // len(devices))
-    jobs = [
-        WorkerJob(
-            rank=k,
-            device=devices[k],
-            spec=spec,
-            sequences=[np.asarray(sequences[o][r], dtype=np.int32) for r, o in shard],
-            batch_size=batch_size,
-            max_tokens=max_tokens,
-            progress=progress,
-            threads=threads,
+
+def _scores(table: pd.DataFrame, pp_probs: np.ndarray, final: np.ndarray) -> dict:
+    labels = table["label"].to_numpy(dtype=np.int64)
+    out = score_predictions(table)
+    if set(TTA_PROB_COLS) <= set(table.columns):
+        out["accuracy_tta"] = accuracy(table[list(TTA_PROB_COLS)].to_numpy(), labels)
+    out["log_loss_postprocessed"] = log_loss(pp_probs, labels)
+    out["accuracy_postprocessed"] = accuracy(pp_probs, labels)
+    out["log_loss_submitted"] = log_loss(final, labels)
+    return out
+
+
+def _prediction_table(
+    request: PredictRequest, result: InferenceResult, plan: Plan, settings: PredictSettings
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict[str, int]]:
+    """The prediction table with ``final_p_*`` (what is submitted) and ``postprocess_rule``;
+    also the post-processed probabilities, the submitted ones and the post-processing counts."""
+    rows = request.rows
+    extra = {"label": rows["label"].astype("int64").to_numpy()} if request.labelled else {}
+    logits = result.logits
+    table = prediction_table(request.ids, logits[ORIGINAL], logits.get(SWAPPED), **extra)
+    probs = table[list(TTA_PROB_COLS if plan.tta else PROB_COLS)].to_numpy(dtype=np.float64)
+    pp = settings.postprocess
+    pp_probs, rule, pp_counts = postprocess(
+        probs,
+        empty_a=rows["empty_a"].to_numpy(dtype=bool),
+        empty_b=rows["empty_b"].to_numpy(dtype=bool),
+        identical=identical_answers(rows),
+        empty_answer=list(pp.empty_answer),
+        identical_answers=list(pp.identical_answers),
+    )
+    final = pp_probs if pp.enabled else probs
+    table[list(FINAL_COLS)] = final
+    table["postprocess_rule"] = rule if pp.enabled else ""
+    return table, pp_probs, final, pp_counts
+
+
+def predict_rows(request: PredictRequest, settings: PredictSettings) -> Path:
+    """Predict ``request.rows`` and write ``request.out_dir`` atomically: ``submission.csv``
+    (validated against the row ids and the sample ids), ``predictions.parquet``,
+    ``metrics.json`` and ``manifest.json``."""
+    t_start = time.perf_counter() if request.t_start is None else request.t_start
+    timer = StageTimer()
+    ids = request.ids
+    if len(set(ids)) != len(ids):
+        raise StageInputError(f"duplicate ids in the {request.split} rows")
+    check_model_dir(request.model_dir, request.adapter_dir)
+    adapter = None if request.adapter_dir is None else str(request.adapter_dir)
+    spec = ModelSpec(dict(request.model_cfg), adapter, str(settings.dtype))
+    encode = _Encoder(request)
+    max_length = int(settings.max_length or request.prompt.max_length)
+    enc = encode(max_length)
+    timer.lap("tokenize")
+    devices = resolve_devices(settings.devices)
+    requested = Plan(max_length, bool(settings.tta))
+    log.info("%d %s rows, devices %s, plan %s", len(ids), request.split, devices, requested)
+
+    decision, decision_info, model = None, None, None
+    if settings.time_budget_hours is not None and ids:
+        decision, decision_info, model = _run_guard(
+            spec, enc, settings, requested, devices, t_start
         )
-        for k, shard in enumerate(shards)
-    ]
-    t0 = time.perf_counter()
-    runs: list[BatchRun] = []
-    if len(devices) == 1:
-        runs.append(_run_job(jobs[0], model))
-    else:
-        import torch.multiprocessing as mp
+        timer.lap("guard")
+    plan = decision.plan if decision is not None else requested
+    if plan.max_length != max_length:
+        enc = encode(plan.max_length)
+        timer.lap("tokenize_fallback")
+    batch_size = int(settings.batch_size)
+    result = run_inference(
+        spec,
+        enc,
+        devices=devices,
+        tta=plan.tta,
+        batch_size=batch_size,
+        max_tokens=int(settings.max_tokens_per_batch or batch_size * plan.max_length),
+        progress=bool(settings.progress),
+        model=model,
+    )
+    timer.lap("inference")
+    # every sequence predicted: both orientations of a row under swap-TTA
+    throughput = inference_throughput(
+        sum(int(s["items"]) for s in result.shards), result.tokens, result.seconds
+    )
+    table, pp_probs, final, pp_counts = _prediction_table(request, result, plan, settings)
 
-        with tempfile.TemporaryDirectory(prefix="arena-predict-") as tmp:
-            log.info("spawning %d inference processes on %s", len(devices), devices)
-            mp.spawn(_worker, args=(jobs, tmp), nprocs=len(devices), join=True)
-            for k in range(len(devices)):
-                with np.load(Path(tmp) / f"shard_{k}.npz") as z:
-                    tokens, padded, seconds, batches = z["stats"].tolist()
-                    runs.append(
-                        BatchRun(z["logits"], int(tokens), int(padded), seconds, int(batches))
-                    )
-    seconds = time.perf_counter() - t0
-    logits = {o: np.full((n_rows, 3), np.nan, dtype=np.float32) for o in sequences}
-    covered = {o: np.zeros(n_rows, dtype=bool) for o in sequences}
-    shard_stats = []
-    for k, (shard, run) in enumerate(zip(shards, runs, strict=True)):
-        for (r, o), row in zip(shard, run.logits, strict=True):
-            logits[o][r] = row
-            covered[o][r] = True
-        shard_stats.append(
-            {
-                "device": devices[k],
-                "items": len(shard),
-                "orientations": sorted({"swapped" if o else "original" for _, o in shard}),
-                "tokens": run.tokens,
-                "padded": run.padded,
-                "seconds": round(run.seconds, 4),
-                "batches": run.batches,
-                "tokens_per_s": round(run.tokens_per_s, 1),
-            }
+    out_dir = Path(request.out_dir)
+    with atomic_dir(out_dir) as tmp:
+        sub = write_submission(
+            tmp / "submission.csv",
+            ids,
+            final,
+            expected_ids=ids,
+            sample_ids=request.sample_ids,
+            clip_eps=float(settings.clip_eps),
         )
-    needed = (ORIGINAL, SWAPPED) if tta else (ORIGINAL,)
-    for o in needed:
-        if not covered[o].all():
-            raise RuntimeError(f"{int((~covered[o]).sum())} rows got no prediction (swapped={o})")
-        if not np.isfinite(logits[o]).all():
-            bad = int((~np.isfinite(logits[o])).any(axis=1).sum())
-            log.warning("%d rows have non-finite logits (swapped=%s): fp16 overflow?", bad, o)
-    return InferenceResult({o: logits[o] for o in needed}, devices, shard_stats, seconds)
-
-
-def budget_seconds(hours: float | None, safety: float = 1.0) -> float:
-    return math.inf if hours is None else float(hours) * 3600.0 * float(safety)
+        table.to_parquet(tmp / "predictions.parquet", index=False)
+        seconds = time.perf_counter() - t_start
+        metrics = {
+            "split": str(request.split),
+            "rows": len(ids),
+            "seconds": round(seconds, 3),
+            "inference_seconds": round(result.seconds, 3),
+            "rows_per_s": len(ids) / result.seconds if result.seconds > 0 else None,
+            "tokens": result.tokens,
+            "padded_tokens": result.padded,
+            "padding_share": 1 - result.tokens / result.padded if result.padded else 0.0,
+            "tokens_per_s": result.tokens / result.seconds if result.seconds > 0 else None,
+            "throughput": throughput,
+            "devices": devices,
+            "shards": result.shards,
+            "tta": plan.tta,
+            "max_length": plan.max_length,
+            "requested": {"tta": requested.tta, "max_length": requested.max_length},
+            "guard": decision_info,
+            "postprocess": {"enabled": settings.postprocess.enabled, "rows_changed": pp_counts},
+            "model_dir": str(request.model_dir),
+            "adapter_dir": adapter,
+        }
+        if request.labelled:
+            submitted = read_submission(tmp / "submission.csv")
+            metrics["scores"] = _scores(table, pp_probs, submitted.iloc[:, 1:].to_numpy())
+            log.info("scores: %s", metrics["scores"])
+        write_json(tmp / "metrics.json", metrics)
+        small_inputs = [*request.inputs, request.model_dir / "config.json"]
+        if adapter is not None:
+            small_inputs.append(Path(adapter) / "adapter_config.json")
+        config = request.manifest_config or {
+            "model": dict(request.model_cfg),
+            "prompt": request.prompt.to_dict(),
+            "stage": settings.to_dict(),
+        }
+        write_manifest(
+            tmp,
+            stage="predict",
+            config=dict(config),
+            inputs=small_inputs,
+            outputs={
+                "rows": len(sub),
+                "tta": plan.tta,
+                "max_length": plan.max_length,
+                "throughput": throughput,
+            },
+            timer=timer,
+        )
+    log.info(
+        "%d predictions written to %s (%.1f rows/s)", len(ids), out_dir, metrics["rows_per_s"] or 0
+    )
+    return out_dir

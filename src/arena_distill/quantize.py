@@ -31,14 +31,20 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from arena_distill.models.factory import pin_eager_attention
+from arena_distill.models.factory import (
+    HEAD_NAMES,
+    SOFTCAP_FAMILIES,
+    default_attention,
+    head_module,
+    pin_saved_attention,
+)
+from arena_distill.settings import QuantSettings
 from arena_distill.text import PromptConfig, _row_texts, encode_table, render_text
 
 CPU_WORKERS_ENV = "GPTQMODEL_CPU_WORKERS"
@@ -66,32 +72,10 @@ log = logging.getLogger(__name__)
 # model_type -> the ModuleList of transformer blocks GPTQ walks (optimum's own detection finds
 # ``model.layers`` for the decoders but not BERT's encoder).
 BLOCK_NAMES = {"bert": "bert.encoder.layer"}
-HEAD_NAMES = ("score", "classifier")
 
 
 class QuantizationError(RuntimeError):
     """GPTQ could not quantize a model (the architecture and the settings tried are named)."""
-
-
-@dataclass(frozen=True)
-class QuantSettings:
-    """The ``stages.quantize`` knobs that shape the GPTQ run."""
-
-    bits: int = 8
-    group_size: int = 128
-    n_calibration: int = 128
-    calibration_max_length: int = 2100
-    backend: str = "torch"
-    damp_percent: float = 0.1
-    desc_act: bool = False
-    sym: bool = True
-    seed: int = 2025
-    dtype: str = "auto"
-
-    @classmethod
-    def from_mapping(cls, m: Mapping[str, Any]) -> QuantSettings:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in m.items() if k in names and v is not None})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,14 +133,6 @@ def model_positions(config: Any) -> int | None:
 def block_name(config: Any) -> str | None:
     """``block_name_to_quantize`` for ``config.model_type`` (None: optimum's detection)."""
     return BLOCK_NAMES.get(getattr(config, "model_type", ""))
-
-
-def head_module(model: nn.Module) -> tuple[str, nn.Module]:
-    for name in HEAD_NAMES:
-        m = getattr(model, name, None)
-        if isinstance(m, nn.Module):
-            return name, m
-    raise QuantizationError(f"{type(model).__name__} has no classification head {HEAD_NAMES}")
 
 
 def head_state(model: nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
@@ -223,11 +199,11 @@ def linear_in_features(model: nn.Module, prefix: str | None) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _load_kwargs(config: Any, dtype: str) -> dict[str, Any]:
+def _load_kwargs(config: Any, dtype: str, device: str | None = None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
-    if getattr(config, "model_type", "") == "gemma2":
-        # sdpa drops Gemma-2's attention softcapping in transformers 5.17 (see STACK.md)
-        kwargs["attn_implementation"] = "eager"
+    model_type = getattr(config, "model_type", "")
+    if model_type in SOFTCAP_FAMILIES:  # never sdpa: it drops the softcapping (STACK.md)
+        kwargs["attn_implementation"] = default_attention(model_type, device or default_device())
     return kwargs
 
 
@@ -244,7 +220,7 @@ def load_classifier(
 
     config = AutoConfig.from_pretrained(str(path))
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(path), **{**_load_kwargs(config, dtype), **kwargs}
+        str(path), **{**_load_kwargs(config, dtype, device), **kwargs}
     )
     return model.to(device or default_device()).eval()
 
@@ -338,7 +314,7 @@ def save_quantized(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Non
         # BERT then fails ("Block pattern could not be match"): write it back.
         data["quantization_config"]["block_name_to_quantize"] = block
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    pin_eager_attention(out_dir)
+    pin_saved_attention(out_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,25 +322,14 @@ def save_quantized(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Non
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def predict_logits(
+def drift_logits(
     model: nn.Module, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int = 16
 ) -> np.ndarray:
-    """Logits of every id list (length-sorted batches, right padding), in input order."""
-    order = np.argsort([len(x) for x in ids], kind="stable")
-    out = np.zeros((len(ids), int(model.config.num_labels)), dtype=np.float64)
-    device = next(model.parameters()).device
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        width = max(len(ids[i]) for i in idx)
-        x = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            x[r, : len(ids[i])] = torch.tensor(ids[i])
-            mask[r, : len(ids[i])] = 1
-        logits = model(input_ids=x.to(device), attention_mask=mask.to(device)).logits
-        out[idx] = logits.float().cpu().numpy()
-    return out
+    """Logits of every id list in input order, through the inference engine (float64)."""
+    from arena_distill.inference import predict_logits
+
+    run = predict_logits(model, ids, pad_token_id=pad_id, batch_size=batch_size, progress=False)
+    return run.logits.astype(np.float64)
 
 
 def drift_metrics(

@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import SequentialSampler
 from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments
@@ -32,50 +31,12 @@ from transformers.trainer_utils import get_last_checkpoint
 from arena_distill.collate import PreferenceCollator
 from arena_distill.losses import LossFn, cross_entropy
 from arena_distill.metrics import classification_metrics
+from arena_distill.settings import SWAP_MODES, TrainSettings
 
 log = logging.getLogger(__name__)
 
-SWAP_MODES = ("random", "full", "none")
 # label after an A/B swap
 SWAP_LABEL = {0: 1, 1: 0, 2: 2}
-
-
-@dataclass
-class TrainSettings:
-    """The optimisation knobs of a training stage (``configs/stage/{pretrain,teacher,distill}.yaml``)."""
-
-    epochs: float = 1.0
-    lr: float = 1e-5
-    head_lr: float | None = None  # the classification head's own rate (None: lr)
-    global_batch_size: int = 64
-    per_device_batch_size: int = 1
-    per_device_eval_batch_size: int = 8
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.0
-    scheduler: str = "cosine"
-    warmup_steps: int = 100
-    swap: str = "random"
-    seed: int = 1234
-    eval_steps: int | None = None  # None: evaluate (and checkpoint) once per epoch
-    save_steps: int | None = None  # checkpoint interval when not evaluating by steps
-    keep_best: bool = True
-    max_steps: int = -1
-    logging_steps: int = 10
-    group_by_length: bool = True
-    bf16: str | bool = "auto"  # auto: on CUDA devices that support it
-    save_total_limit: int = 2
-    extra: dict = field(default_factory=dict)  # extra TrainingArguments (e.g. deepspeed, fsdp)
-
-    @classmethod
-    def from_config(cls, cfg: Mapping) -> TrainSettings:
-        known = {f for f in cls.__dataclass_fields__}
-        kwargs = {k: v for k, v in dict(cfg).items() if k in known}
-        if "betas" in kwargs:
-            kwargs["betas"] = tuple(kwargs["betas"])
-        settings = cls(**kwargs)
-        if settings.swap not in SWAP_MODES:
-            raise ValueError(f"swap must be one of {SWAP_MODES}, got {settings.swap!r}")
-        return settings
 
 
 def examples_for(
@@ -265,21 +226,13 @@ def ddp_backend() -> str | None:
     return "gloo" if multi and not torch.cuda.is_available() else None
 
 
-def _runtime_arguments() -> dict:
-    """What every Trainer here shares: device, launcher backend, plain example dicts, no
-    external loggers."""
-    return {
-        "use_cpu": not torch.cuda.is_available(),
-        "ddp_backend": ddp_backend(),
-        "dataloader_num_workers": 0,
-        "remove_unused_columns": False,
-        "label_names": ["labels"],
-        "report_to": "none",
-    }
-
-
 def training_arguments(
-    settings: TrainSettings, work_dir: Path, *, world_size: int = 1, has_eval: bool = True
+    settings: TrainSettings,
+    work_dir: Path,
+    *,
+    world_size: int = 1,
+    has_eval: bool = True,
+    report_to: Sequence[str] = (),
 ) -> TrainingArguments:
     per_step = settings.per_device_batch_size * max(1, world_size)
     if settings.swap == "full":  # a pair is two rows
@@ -330,20 +283,14 @@ def training_arguments(
         logging_steps=settings.logging_steps,
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         bf16=bf16,
-        **_runtime_arguments(),
+        use_cpu=not cuda,
+        ddp_backend=ddp_backend(),
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        report_to=list(report_to) or "none",
         disable_tqdm=False,
         **settings.extra,
-    )
-
-
-def inference_arguments(work_dir: str | Path, batch_size: int = 8) -> TrainingArguments:
-    """Arguments for a prediction-only ``PreferenceTrainer`` (logit dumps, OOF of loaded models)."""
-    cuda = torch.cuda.is_available()
-    return TrainingArguments(
-        output_dir=str(work_dir),
-        per_device_eval_batch_size=batch_size,
-        bf16_full_eval=cuda and torch.cuda.is_bf16_supported(),
-        **_runtime_arguments(),
     )
 
 
@@ -373,14 +320,16 @@ def fit(
     *,
     loss_fn: LossFn = cross_entropy,
     callbacks: Sequence[TrainerCallback] = (),
+    report_to: Sequence[str] = (),
 ) -> TrainResult:
     """Train ``model`` (a LoRA model from ``models.factory.build_model``), resuming from the
     newest checkpoint in ``work_dir`` when there is one (a killed run restarted with the same
-    command continues where it stopped)."""
+    command continues where it stopped). ``report_to``: transformers' logging integrations
+    (wandb, mlflow); TensorBoard comes as a callback (``tracking_callbacks``)."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     collator = PreferenceCollator(pad_token_id=tokenizer.pad_token_id)
-    args = training_arguments(settings, work_dir, has_eval=bool(eval_examples))
+    args = training_arguments(settings, work_dir, has_eval=bool(eval_examples), report_to=report_to)
     trainer = PreferenceTrainer(
         model=model,
         args=args,
@@ -401,17 +350,56 @@ def fit(
     return TrainResult(trainer, collator, last, list(trainer.state.log_history), rows, tokens)
 
 
-def predict_logits(trainer: Trainer, examples: Sequence[dict]) -> np.ndarray:
-    """Logits (N, 3) for ``examples`` in their order; computed in length-sorted batches."""
-    if not examples:
-        return np.zeros((0, 3), dtype=np.float32)
-    order = np.argsort([len(e["input_ids"]) for e in examples], kind="stable")
-    sorted_examples = [
-        {"input_ids": examples[i]["input_ids"], "labels": examples[i].get("labels", 0)}
-        for i in order
-    ]
-    out = trainer.predict(sorted_examples)
-    logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
-    restored = np.empty_like(logits)
-    restored[order] = logits
-    return restored.astype(np.float32)
+@dataclass
+class Tracking:
+    """Experiment tracking for one training run: transformers' ``report_to`` integrations and
+    extra callbacks (TensorBoard, writing into the run folder)."""
+
+    report_to: list[str] = field(default_factory=list)
+    callbacks: list[TrainerCallback] = field(default_factory=list)
+    tensorboard_dir: Path | None = None
+
+
+def tracking_callbacks(cfg, stage: str, *parts: str) -> Tracking:
+    """The ``logging`` block of ``cfg`` for a training run of ``stage`` on ``cfg.model``.
+
+    ``tensorboard``: event files in ``logging.tensorboard_dir/<stage>/<model>/<parts...>``
+    (only the main process writes); ``wandb`` / ``mlflow``: passed to the Trainer's
+    ``report_to`` (their own environment variables choose project and server). A chosen
+    integration whose package is missing is an error before training starts."""
+    import importlib.util
+
+    from arena_distill.distributed import is_main_process
+    from arena_distill.settings import logging_settings
+
+    settings = logging_settings(cfg)
+    tracking = Tracking()
+    for name in settings.integrations:
+        if name == "tensorboard":
+            if not any(importlib.util.find_spec(m) for m in ("tensorboardX", "tensorboard")):
+                raise RuntimeError(
+                    "logging.report_to=tensorboard needs tensorboardX or tensorboard"
+                )
+            log_dir = Path(settings.tensorboard_dir, stage, str(cfg.model.name), *parts)
+            tracking.tensorboard_dir = log_dir
+            if is_main_process():
+                tracking.callbacks.append(tensorboard_callback(log_dir))
+            continue
+        if importlib.util.find_spec(name) is None:
+            raise RuntimeError(
+                f"logging.report_to={name} needs the {name} package (pip install {name})"
+            )
+        tracking.report_to.append(name)
+    return tracking
+
+
+def tensorboard_callback(log_dir: Path) -> TrainerCallback:
+    """transformers' ``TensorBoardCallback`` writing into ``log_dir``."""
+    from transformers.integrations import TensorBoardCallback
+
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch's writer needs the tensorboard package; tensorboardX is lighter
+        from tensorboardX import SummaryWriter
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir)))

@@ -6,8 +6,8 @@ import json
 
 import pandas as pd
 
+from arena_distill.layout import load_run_data
 from arena_distill.stages import baselines, report
-from arena_distill.stages.common import load_run_data
 from tests.stages.conftest import small_cfg
 
 

@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 
 from arena_distill.io import StageInputError
-from arena_distill.layout import LOGIT_COLS
+from arena_distill.layout import LOGIT_COLS, load_run_data
 from arena_distill.stages import distill, dump_logits
-from arena_distill.stages.common import load_run_data
 from tests.stages.conftest import small_cfg
 
 

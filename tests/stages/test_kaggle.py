@@ -17,8 +17,8 @@ from transformers import AutoModelForSequenceClassification
 
 from arena_distill import kaggle
 from arena_distill.data.readers import read_sample_submission
+from arena_distill.encode import prompt_config
 from arena_distill.stages import predict
-from arena_distill.stages.common import prompt_config
 from arena_distill.submission import read_submission, validate_submission
 from arena_distill.text import PromptConfig
 from tests.stages.conftest import small_cfg, small_overrides
@@ -196,13 +196,15 @@ def test_predict_csv_equals_the_predict_stage(trained_run, tmp_path):  # noqa: F
         sample_submission=demo / "sample_submission.csv",
         prompt=prompt_config(cfg),
         model_cfg=dict(cfg.model),
-        tta=True,
-        devices="cpu",
-        time_budget_hours=None,
-        max_length=cfg.prompt.max_length,
-        batch_size=4,
-        postprocess=True,
-        progress=False,
+        settings={
+            "tta": True,
+            "devices": "cpu",
+            "time_budget_hours": None,
+            "max_length": cfg.prompt.max_length,
+            "batch_size": 4,
+            "postprocess": {"enabled": True},
+            "progress": False,
+        },
     )
     a = pd.read_parquet(stage_out / "predictions.parquet")
     b = pd.read_parquet(

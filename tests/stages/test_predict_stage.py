@@ -12,11 +12,11 @@ import torch
 
 from arena_distill.data.swap import mirror_probs
 from arena_distill.data.tableio import load_table
+from arena_distill.encode import prompt_config
 from arena_distill.layout import LOGIT_COLS, PROB_COLS, SWAP_LOGIT_COLS, TTA_PROB_COLS
 from arena_distill.metrics import probs_from_logits
 from arena_distill.models.factory import load_for_inference
 from arena_distill.stages import predict
-from arena_distill.stages.common import prompt_config
 from arena_distill.submission import read_submission, validate_submission
 from arena_distill.text import encoding_map, tokenize_both_orientations
 from tests.stages.conftest import small_cfg

@@ -15,22 +15,20 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from arena_distill.collate import PreferenceCollator
+from arena_distill.crossval import oof_logits, pretrain_adapter, train_fold
 from arena_distill.data.folds import read_folds, split_by_fold
-from arena_distill.layout import LOGIT_COLS
+from arena_distill.encode import labelled_encodings
+from arena_distill.layout import LOGIT_COLS, load_run_data
+from arena_distill.metrics import log_loss_from_logits
 from arena_distill.models.factory import build_model, load_for_inference
-from arena_distill.stages import dump_logits, teacher
-from arena_distill.stages.common import labelled_encodings, load_run_data
+from arena_distill.settings import TrainSettings, stage
+from arena_distill.stages import dump_logits
 from arena_distill.train import (
     KillAfterSave,
-    PreferenceTrainer,
     SimulatedKill,
-    TrainSettings,
     examples_for,
     fit,
-    inference_arguments,
     make_examples,
-    predict_logits,
 )
 from tests.stages.conftest import small_cfg, small_overrides
 
@@ -121,12 +119,8 @@ def test_adapter_reloads_and_reproduces_its_oof_predictions(run):
     rd = load_run_data(cfg)
     enc = labelled_encodings(cfg, rd, tok)
     oof = pd.read_parquet(out / "fold_1" / "oof.parquet")
-    trainer = PreferenceTrainer(
-        model=model,
-        args=inference_arguments(out / ".check", 7),
-        data_collator=PreferenceCollator(pad_token_id=tok.pad_token_id),
-    )
-    logits = predict_logits(trainer, examples_for(oof["id"].tolist(), oof["label"].tolist(), enc))
+    examples = examples_for(oof["id"].tolist(), oof["label"].tolist(), enc)
+    logits = oof_logits(model, examples, tok.pad_token_id, batch_size=7)
     np.testing.assert_allclose(logits, oof[list(LOGIT_COLS)].to_numpy(), atol=1e-5)
 
 
@@ -158,12 +152,12 @@ def test_training_lowers_the_loss_on_demo_data(run):
     rows = rd.train
     ids, labels = rows["id"].tolist(), rows["label"].astype(int).tolist()
     examples = examples_for(ids, labels, enc)
-    probe = PreferenceTrainer(
-        model=model,
-        args=inference_arguments(root / "probe", 32),
-        data_collator=PreferenceCollator(pad_token_id=tok.pad_token_id),
-    )
-    before = probe.evaluate(examples)["eval_loss"]
+
+    def loss() -> float:
+        logits = oof_logits(model, examples, tok.pad_token_id, batch_size=32)
+        return log_loss_from_logits(logits, labels)
+
+    before = loss()
     settings = TrainSettings(
         epochs=4,
         lr=3e-3,
@@ -177,7 +171,7 @@ def test_training_lowers_the_loss_on_demo_data(run):
         model, tok, make_examples(ids, labels, enc, swap="random"), None, settings, root / "learn"
     )
     model.eval()
-    after = probe.evaluate(examples)["eval_loss"]
+    after = loss()
     assert after < before - 0.05, (before, after)
     losses = [h["loss"] for h in result.log_history if "loss" in h]
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
@@ -200,15 +194,14 @@ def test_resume_after_a_kill_reaches_the_same_result(run, eval_steps, kill_at):
     def train(name: str, callbacks=()):
         out = root / f"resume-{name}-{kill_at}"
         cfg2 = small_cfg(root, f"stages.teacher.out_dir={out}", *extra)
-        metrics = teacher.train_fold(
+        metrics = train_fold(
             cfg2,
             rd,
             0,
             enc,
             stage="teacher",
-            scfg=cfg2.stages.teacher,
-            out_dir=out,
-            init_adapter=teacher.pretrain_adapter(cfg2),
+            settings=stage(cfg2, "teacher"),
+            init_adapter=pretrain_adapter(cfg2),
             callbacks=callbacks,
         )
         return out, metrics

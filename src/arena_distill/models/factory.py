@@ -75,18 +75,17 @@ def load_tokenizer(model_cfg: Mapping[str, Any]) -> PreTrainedTokenizerBase:
     return tok
 
 
-def resolve_attn_implementation(model_cfg: Mapping[str, Any], device: str | torch.device) -> str:
-    """The attention kernel for ``model_cfg`` on ``device``; an explicit config value wins.
+# Model families with attention-logit softcapping, which sdpa silently drops in transformers
+# 5.17 (Gemma-2's logits then differ by ~0.2): they never get sdpa.
+SOFTCAP_FAMILIES = ("gemma2",)
 
-    ``auto``: FlashAttention-2 where it exists (installed, CUDA, compute capability >= 8), which
-    supports Gemma-2's softcapping; otherwise Gemma-2 gets ``eager`` because ``sdpa`` silently
-    drops the attention-logit softcapping in transformers 5.17 (logits differ by ~0.2), and the
-    other decoders and BERT get ``sdpa``.
-    """
-    impl = str(model_cfg.get("attn_implementation") or "auto")
-    if impl != "auto":
-        return impl
-    family = model_cfg["family"]
+
+def default_attention(family: str, device: str | torch.device) -> str:
+    """The attention kernel for a model family (``model_type``) on ``device``: the one rule.
+
+    FlashAttention-2 where it exists (installed, CUDA, compute capability >= 8), which supports
+    Gemma-2's softcapping; otherwise ``eager`` for the softcapping families (CPU, T4) and
+    ``sdpa`` for the other decoders and BERT."""
     if family == "bert":
         return "sdpa"
     dev = torch.device(device)
@@ -97,16 +96,32 @@ def resolve_attn_implementation(model_cfg: Mapping[str, Any], device: str | torc
         and torch.cuda.get_device_capability(dev)[0] >= 8
     ):
         return "flash_attention_2"
-    return "eager" if family == "gemma2" else "sdpa"
+    return "eager" if family in SOFTCAP_FAMILIES else "sdpa"
+
+
+def resolve_attn_implementation(model_cfg: Mapping[str, Any], device: str | torch.device) -> str:
+    """The attention kernel for ``model_cfg`` on ``device``: an explicit config value wins,
+    ``auto`` follows :func:`default_attention`."""
+    impl = str(model_cfg.get("attn_implementation") or "auto")
+    if impl != "auto":
+        return impl
+    return default_attention(model_cfg["family"], device)
+
+
+def head_module(model: nn.Module) -> tuple[str, nn.Module]:
+    """The classification head: ``(name, module)``, ``score`` (decoders) or ``classifier``
+    (BERT); under PEFT, of the base model."""
+    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    for name in HEAD_NAMES:
+        module = getattr(inner, name, None)
+        if isinstance(module, nn.Module):
+            return name, module
+    raise ValueError(f"{type(inner).__name__} has no classification head among {HEAD_NAMES}")
 
 
 def head_name(model: nn.Module) -> str:
     """Attribute name of the classification head: ``score`` (decoders) or ``classifier`` (BERT)."""
-    inner = model.get_base_model() if isinstance(model, PeftModel) else model
-    for name in HEAD_NAMES:
-        if isinstance(getattr(inner, name, None), nn.Module):
-            return name
-    raise ValueError(f"{type(inner).__name__} has no classification head among {HEAD_NAMES}")
+    return head_module(model)[0]
 
 
 def _mlp_head(old: nn.Module, num_labels: int, dropout: float) -> nn.Sequential:
@@ -318,16 +333,18 @@ def load_for_inference(
     return model.eval(), tokenizer
 
 
-def pin_eager_attention(folder: str | Path) -> None:
-    """Write ``attn_implementation: eager`` into a saved Gemma-2 folder's ``config.json``.
+def pin_saved_attention(folder: str | Path) -> None:
+    """Write the attention rule into a saved softcapping model's ``config.json``.
 
     transformers 5 does not serialise the attention choice, and a plain ``from_pretrained``
     of Gemma-2 with sdpa silently drops logit softcapping (STACK.md); the key makes a reload
-    without arguments pick eager again. Other model types are left as they are."""
+    without arguments pick ``default_attention(model_type, "cpu")`` (eager). Other model types
+    are left as they are."""
     path = Path(folder) / "config.json"
     data = json.loads(path.read_text())
-    if data.get("model_type") == "gemma2":
-        data["attn_implementation"] = "eager"
+    model_type = data.get("model_type")
+    if model_type in SOFTCAP_FAMILIES:
+        data["attn_implementation"] = default_attention(model_type, "cpu")
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 

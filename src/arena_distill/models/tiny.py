@@ -39,6 +39,7 @@ from transformers import (
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from arena_distill.data.schema import LABEL_COLUMNS
+from arena_distill.models.factory import SOFTCAP_FAMILIES, default_attention
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
@@ -152,15 +153,17 @@ def tiny_config(
         kwargs.update(
             query_pre_attn_scalar=head_dim,
             sliding_window=max(1, max_position_embeddings // 2),
-            attn_implementation="eager",
         )
+    if family in SOFTCAP_FAMILIES:
+        # the attention rule of models.factory (eager on the CPU: sdpa drops softcapping)
+        kwargs["attn_implementation"] = default_attention(family, "cpu")
     config = config_cls(**kwargs)
-    if family == "gemma2":
+    if family in SOFTCAP_FAMILIES:
         # transformers 5 never serialises the attention implementation; a public
         # `attn_implementation` key in config.json is read back by `from_pretrained` (unless the
         # caller passes one). A checkpoint re-saved after loading loses it again, so loaders of
-        # Gemma-2 should still pass attn_implementation="eager" on CPU.
-        config.attn_implementation = "eager"
+        # Gemma-2 still pass the rule's choice (models.factory.resolve_attn_implementation).
+        config.attn_implementation = kwargs["attn_implementation"]
     return config
 
 

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from arena_distill import settings as config
 from arena_distill.baselines import fit_baseline
 from arena_distill.config import hydra_app
 from arena_distill.data.folds import split_by_fold
 from arena_distill.io import StageTimer, atomic_dir, write_json, write_manifest
-from arena_distill.layout import PROB_COLS
+from arena_distill.layout import HOLDOUT, PROB_COLS, load_run_data, split_ids
 from arena_distill.metrics import accuracy, log_loss
-from arena_distill.stages.common import load_run_data
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +35,21 @@ def _table(rows: pd.DataFrame, probs: np.ndarray, **extra) -> pd.DataFrame:
 
 
 def run(cfg: DictConfig) -> Path:
-    scfg = cfg.stages.baselines
+    settings = config.stage(cfg, "baselines")
     run_data = load_run_data(cfg)
     options = dict(
-        c=scfg.c, max_features=scfg.max_features, ngram_max=scfg.ngram_max, seed=cfg.seed
+        c=settings.c,
+        max_features=settings.max_features,
+        ngram_max=settings.ngram_max,
+        seed=int(cfg.seed),
     )
-    holdout_ids = set(run_data.folds.loc[run_data.folds["split"] == "holdout", "id"])
+    holdout_ids = split_ids(run_data.folds, HOLDOUT)
     labelled = run_data.labelled
-    out_dir = Path(scfg.out_dir)
+    out_dir = Path(settings.out_dir)
+    stage_timer = StageTimer()
+    scores = {}
     with atomic_dir(out_dir) as tmp:
-        for name in scfg.names:
+        for name in settings.names:
             timer = StageTimer()
             parts, fold_scores = [], []
             for k in range(run_data.n_folds):
@@ -73,10 +78,8 @@ def run(cfg: DictConfig) -> Path:
             write_manifest(
                 folder,
                 stage="baselines",
-                config={"baseline": name, "stage": OmegaConf.to_container(scfg, resolve=True)},
-                inputs=[
-                    run_data.data_dir / f for f in ("train.parquet", "extra.parquet", "folds.csv")
-                ],
+                config={"baseline": name, "stage": config.to_dict(settings)},
+                inputs=run_data.files,
                 outputs={k: v for k, v in metrics.items() if k != "fold_log_loss"},
                 timer=timer,
             )
@@ -86,6 +89,17 @@ def run(cfg: DictConfig) -> Path:
                 metrics["oof_log_loss"],
                 f", holdout {metrics['holdout_log_loss']:.4f}" if holdout_ids else "",
             )
+            scores[name] = {k: v for k, v in metrics.items() if k != "fold_log_loss"}
+            stage_timer.lap(name)
+        # the stage's own manifest: every baseline's folder is complete when it exists
+        write_manifest(
+            tmp,
+            stage="baselines",
+            config={"stage": config.to_dict(settings)},
+            inputs=run_data.files,
+            outputs=scores,
+            timer=stage_timer,
+        )
     return out_dir
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.dedup import dedup_against
 from arena_distill.data.folds import build_folds, load_or_create_folds, write_folds
@@ -28,40 +29,38 @@ from arena_distill.data.schema import LABEL_NAMES, DataError, empty_table
 from arena_distill.data.summary import DataSummary
 from arena_distill.data.tableio import save_table
 from arena_distill.io import StageTimer, atomic_dir, write_manifest
+from arena_distill.layout import EXTRA, FOLDS, PRETRAIN, SUMMARY, TEST, TRAIN
+from arena_distill.settings import DataSpec
 
 log = logging.getLogger(__name__)
 
 
-def spec_paths(spec: DictConfig | str) -> list[str]:
+def spec_paths(spec: DataSpec | str) -> list[str]:
     """The file(s) of one data-config entry: ``path`` may be one path or a list of paths."""
     if isinstance(spec, str):
         return [spec]
-    path = spec.path
-    if isinstance(path, str):
-        return [path]
-    paths = [str(p) for p in path]
-    if not paths:
+    if isinstance(spec.path, str):
+        return [spec.path]
+    if not spec.path:
         raise DataError("`path` is an empty list", file=str(spec))
-    return paths
+    return [str(p) for p in spec.path]
 
 
-def load_spec(spec: DictConfig | str, *, summary: DataSummary, on_bad_row: str) -> pd.DataFrame:
+def load_spec(spec: DataSpec | str, *, summary: DataSummary, on_bad_row: str) -> pd.DataFrame:
     """Read one entry of the data config: ``{path, format, source, options}``, where ``path`` is
     one file or a list of files in the same format (concatenated: a union of sets), or a bare
     path string, read as a competition-format file (``data.pretrain=[a.csv,b.csv]`` on the
     command line). Ids must stay unique across the files (the stage checks)."""
     if isinstance(spec, str):
-        spec = OmegaConf.create({"path": spec, "format": "competition"})
-    options = spec.get("options")
-    options = OmegaConf.to_container(options, resolve=True) if options else {}
+        spec = DataSpec(path=spec, format="competition")
     tables = [
         load_source(
             path,
             spec.format,
             summary=summary,
-            source=spec.get("source"),
+            source=spec.source,
             on_bad_row=on_bad_row,
-            **options,
+            **(spec.options or {}),
         )
         for path in spec_paths(spec)
     ]
@@ -89,8 +88,8 @@ def check_disjoint_ids(tables: dict[str, pd.DataFrame]) -> None:
 
 
 def run(cfg: DictConfig) -> Path:
-    dcfg = cfg.data
-    out_dir = Path(cfg.stages.data.out_dir)
+    dcfg = config.data(cfg)
+    out_dir = Path(config.stage(cfg, "data").out_dir)
     timer = StageTimer()
     summary = DataSummary()
     on_bad_row = dcfg.on_bad_row
@@ -105,10 +104,10 @@ def run(cfg: DictConfig) -> Path:
         )
 
     test = None
-    if dcfg.get("test"):
-        inputs.append(dcfg.test.path)
+    if dcfg.test is not None:
+        inputs += spec_paths(dcfg.test)
         test = load_spec(dcfg.test, summary=summary, on_bad_row=on_bad_row)
-        if dcfg.get("sample_submission"):
+        if dcfg.sample_submission:
             inputs.append(dcfg.sample_submission)
             sub = read_sample_submission(dcfg.sample_submission)
             if set(sub["id"]) != set(test["id"]):
@@ -120,7 +119,7 @@ def run(cfg: DictConfig) -> Path:
                     file=dcfg.sample_submission,
                     column="id",
                 )
-        if dcfg.get("test_labels"):
+        if dcfg.test_labels:
             inputs.append(dcfg.test_labels)
             test = attach_labels(test, dcfg.test_labels)
     timer.lap("read")
@@ -139,7 +138,7 @@ def run(cfg: DictConfig) -> Path:
     check_disjoint_ids(tables)
 
     fcfg = dcfg.folds
-    existing = out_dir / "folds.csv"
+    existing = out_dir / FOLDS
     fold_args = dict(
         n_folds=fcfg.n_folds,
         seed=fcfg.seed,
@@ -155,13 +154,13 @@ def run(cfg: DictConfig) -> Path:
     timer.lap("folds")
 
     with atomic_dir(out_dir) as tmp:
-        save_table(train, tmp / "train.parquet")
-        save_table(extra, tmp / "extra.parquet")
-        save_table(pretrain, tmp / "pretrain.parquet")
+        save_table(train, tmp / TRAIN)
+        save_table(extra, tmp / EXTRA)
+        save_table(pretrain, tmp / PRETRAIN)
         if test is not None:
-            save_table(test, tmp / "test.parquet")
-        write_folds(folds, tmp / "folds.csv")
-        summary.write(tmp / "summary.json")
+            save_table(test, tmp / TEST)
+        write_folds(folds, tmp / FOLDS)
+        summary.write(tmp / SUMMARY)
         outputs = {
             "rows": {name: len(df) for name, df in {**tables, "pretrain": pretrain}.items()},
             "folds": fold_table(folds, train).to_dict(orient="index"),
@@ -170,7 +169,7 @@ def run(cfg: DictConfig) -> Path:
         write_manifest(
             tmp,
             stage="data",
-            config={"data": OmegaConf.to_container(dcfg, resolve=True)},
+            config={"data": OmegaConf.to_container(cfg.data, resolve=True)},
             inputs=inputs,
             outputs=outputs,
             timer=timer,

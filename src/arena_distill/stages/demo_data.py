@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.demo import generate_demo
 from arena_distill.io import StageTimer, atomic_dir, write_manifest
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> Path:
-    scfg = cfg.stages.demo_data
+    scfg = config.stage(cfg, "demo_data")
     out_dir = Path(scfg.out_dir)
     timer = StageTimer()
     with atomic_dir(out_dir) as tmp:
@@ -35,7 +36,7 @@ def run(cfg: DictConfig) -> Path:
         write_manifest(
             tmp,
             stage="demo_data",
-            config=OmegaConf.to_container(scfg, resolve=True),
+            config=config.to_dict(scfg),
             outputs={name: Path(p).name for name, p in files.items()},
             timer=timer,
         )

@@ -3,8 +3,7 @@
 Reads ``${run_dir}/data/``, the post-pretrain adapter of the student (``init_from_pretrain``)
 and, for every teacher of ``pipeline.teachers``, its logit dump
 (``stages.distill.logits_dir/<teacher>/logits.parquet``). Writes ``stages.distill.out_dir``
-(default ``${run_dir}/students/<model>/``) in the teacher stage's layout: ``fold_<k>/`` with the
-best adapter, OOF predictions and metrics, then the combined ``oof.parquet`` / ``metrics.json``.
+(default ``${run_dir}/students/<model>/``) in the teacher stage's layout (``crossval``).
 
 For fold k the student's training rows are fold k's training rows, each joined by id with each
 teacher's fold-k logits on the same orientation: a swapped training row uses the teacher's
@@ -22,13 +21,13 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from arena_distill import settings as config
 from arena_distill.config import hydra_app
+from arena_distill.crossval import run_folds
 from arena_distill.data.swap import mirror_probs
 from arena_distill.io import StageInputError, require_fresh, require_stage_output
-from arena_distill.layout import LOGIT_COLS
+from arena_distill.layout import LOGIT_COLS, load_run_data
 from arena_distill.losses import DistillLoss
-from arena_distill.stages.common import load_run_data
-from arena_distill.stages.teacher import run_folds
 
 log = logging.getLogger(__name__)
 
@@ -80,33 +79,37 @@ def teacher_fields(lookups: dict[str, Lookup]) -> Callable[[int], Callable[[str,
 
 
 def run(cfg: DictConfig) -> Path:
-    scfg = cfg.stages.distill
-    teachers = list(cfg.pipeline.teachers)
+    settings = config.stage(cfg, "distill")
+    teachers = config.pipeline(cfg).teachers
     run_data = load_run_data(cfg)
-    data_files = [run_data.data_dir / f for f in ("train.parquet", "extra.parquet", "folds.csv")]
-    logits_dir = Path(scfg.logits_dir)
-    lookups = {t: load_teacher_logits(logits_dir, t, data_files) for t in teachers}
-    w = scfg.weights
+    logits_dir = Path(settings.logits_dir)
+    lookups = {t: load_teacher_logits(logits_dir, t, run_data.files) for t in teachers}
+    w = settings.weights
     loss = DistillLoss(
         len(teachers),
-        temperature=scfg.temperature,
+        temperature=settings.temperature,
         ce=w.ce,
         kl=w.kl,
         cos=w.cos,
-        normalise=scfg.normalise_weights,
+        normalise=settings.normalise_weights,
     )
     log.info(
         "distilling %s from %s (T=%s, weights ce=%s kl=%s cos=%s, normaliser %s)",
         cfg.model.name,
         teachers,
-        scfg.temperature,
+        settings.temperature,
         w.ce,
         w.kl,
         w.cos,
         loss.norm,
     )
     return run_folds(
-        cfg, stage="distill", scfg=scfg, loss_fn=loss, fields_for_fold=teacher_fields(lookups)
+        cfg,
+        run_data,
+        stage="distill",
+        settings=settings,
+        loss_fn=loss,
+        fields_for_fold=teacher_fields(lookups),
     )
 
 

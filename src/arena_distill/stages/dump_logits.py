@@ -8,6 +8,7 @@ training rows, in-sample, as the 1st place used them; ``valid``: out-of-fold, wi
 orientation (not mirrored: a swapped training row of the student is matched with the teacher's
 logits on the same swapped input), plus ``manifest.json`` (its outputs include the
 prediction ``throughput``: rows in every orientation, non-pad tokens, seconds of prediction).
+The forward passes run on the inference engine (``arena_distill.inference``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from arena_distill.collate import PreferenceCollator
+from arena_distill import settings as config
 from arena_distill.config import hydra_app
+from arena_distill.crossval import oof_logits
 from arena_distill.data.folds import split_by_fold
+from arena_distill.distributed import is_main_process, train_device
+from arena_distill.encode import labelled_encodings
 from arena_distill.io import (
     StageTimer,
     atomic_dir,
@@ -29,40 +33,24 @@ from arena_distill.io import (
     require_stage_output,
     write_manifest,
 )
-from arena_distill.layout import LOGIT_COLS
+from arena_distill.layout import FOLDS, LOGIT_COLS, fold_dir, load_run_data
 from arena_distill.metrics import count_tokens, inference_throughput
 from arena_distill.models.factory import load_for_inference
-from arena_distill.stages.common import (
-    is_main_process,
-    labelled_encodings,
-    load_run_data,
-    train_device,
-)
-from arena_distill.stages.teacher import fold_dir
-from arena_distill.train import (
-    PreferenceTrainer,
-    examples_for,
-    inference_arguments,
-    predict_logits,
-)
+from arena_distill.settings import ORIENTATIONS
+from arena_distill.train import examples_for
 
 log = logging.getLogger(__name__)
 
-ORIENTATIONS = {"original": False, "swapped": True}
-
 
 def run(cfg: DictConfig) -> Path:
-    scfg = cfg.stages.dump_logits
-    teacher_dir = require_stage_output(cfg.stages.teacher.out_dir, stage="teacher")
-    out_dir = Path(scfg.out_dir)
+    settings = config.stage(cfg, "dump_logits")
+    teacher = config.stage(cfg, "teacher")
+    teacher_dir = require_stage_output(teacher.out_dir, stage="teacher")
+    out_dir = Path(settings.out_dir)
     run_data = load_run_data(cfg)
     timer = StageTimer()
-    bad = set(scfg.orientations) - set(ORIENTATIONS)
-    if bad:
-        raise ValueError(f"orientations must be among {sorted(ORIENTATIONS)}, got {sorted(bad)}")
-    data_files = [run_data.data_dir / f for f in ("train.parquet", "extra.parquet", "folds.csv")]
     for fold in range(run_data.n_folds):
-        require_fresh(fold_dir(teacher_dir, fold), data_files, stage="teacher")
+        require_fresh(fold_dir(teacher_dir, fold), run_data.files, stage="teacher")
     parts = []
     enc = None
     n_rows = n_tokens = 0
@@ -72,23 +60,20 @@ def run(cfg: DictConfig) -> Path:
             cfg.model, fold_dir(teacher_dir, fold) / "adapter", device=train_device()
         )
         if enc is None:
-            enc = labelled_encodings(cfg, run_data, tokenizer, cfg.stages.teacher.get("max_length"))
-        trainer = PreferenceTrainer(
-            model=model,
-            args=inference_arguments(out_dir.parent / f".work-{out_dir.name}", scfg.batch_size),
-            data_collator=PreferenceCollator(pad_token_id=tokenizer.pad_token_id),
-        )
+            enc = labelled_encodings(cfg, run_data, tokenizer, teacher.max_length)
         train_rows, valid_rows = split_by_fold(run_data.labelled, run_data.folds, fold)
-        splits = {"train": train_rows} if scfg.in_sample else {}
-        if scfg.out_of_fold:
+        splits = {"train": train_rows} if settings.in_sample else {}
+        if settings.out_of_fold:
             splits["valid"] = valid_rows
         for split, rows in splits.items():
             ids, labels = rows["id"].tolist(), rows["label"].astype(int).tolist()
-            for orientation in scfg.orientations:
+            for orientation in settings.orientations:
                 swapped = ORIENTATIONS[orientation]
                 examples = examples_for(ids, labels, enc, swapped=swapped)
                 t0 = time.perf_counter()
-                logits = predict_logits(trainer, examples)
+                logits = oof_logits(
+                    model, examples, int(tokenizer.pad_token_id), settings.batch_size
+                )
                 predict_s += time.perf_counter() - t0
                 rows, tokens = count_tokens(examples)
                 n_rows, n_tokens = n_rows + rows, n_tokens + tokens
@@ -107,9 +92,9 @@ def run(cfg: DictConfig) -> Path:
                 stage="dump_logits",
                 config={
                     "model": OmegaConf.to_container(cfg.model, resolve=True),
-                    "stage": OmegaConf.to_container(scfg, resolve=True),
+                    "stage": config.to_dict(settings),
                 },
-                inputs=[teacher_dir / "manifest.json", run_data.data_dir / "folds.csv"],
+                inputs=[teacher_dir / "manifest.json", run_data.data_dir / FOLDS],
                 outputs={
                     "rows": len(table),
                     "folds": run_data.n_folds,

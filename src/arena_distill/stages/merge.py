@@ -27,6 +27,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from arena_distill import layout
+from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.folds import read_folds
 from arena_distill.io import (
@@ -40,6 +42,7 @@ from arena_distill.io import (
     write_json,
     write_manifest,
 )
+from arena_distill.layout import FOLDS
 from arena_distill.merge import (
     merge_adapters,
     merge_into_base,
@@ -53,17 +56,15 @@ log = logging.getLogger(__name__)
 
 def source_folds(cfg: DictConfig) -> tuple[Path, str, list[Path]]:
     """The checked source folder, the stage that wrote it and its fold adapter folders."""
-    scfg = cfg.stages.merge
-    source = Path(scfg.source)
+    source = Path(config.stage(cfg, "merge").source)
     if not (source / MANIFEST).is_file():
         raise StageInputError(
             f"merge source {source} is not a finished stage output (no {MANIFEST}); run the "
             "per-fold stage first (`arena-distill distill`, or set stages.merge.source)"
         )
     stage = read_json(source / MANIFEST).get("stage")
-    data_dir = require_stage_output(cfg.stages.data.out_dir, stage="data", files=["folds.csv"])
-    folds = read_folds(data_dir / "folds.csv")
-    n_folds = int(folds.loc[folds["split"] == "cv", "fold"].max()) + 1
+    data_dir = require_stage_output(config.stage(cfg, "data").out_dir, stage="data", files=[FOLDS])
+    n_folds = layout.n_folds(read_folds(data_dir / FOLDS))
     adapters = [f"fold_{k}/adapter" for k in range(n_folds)]
     require_stage_output(
         source, stage=stage, files=[*adapters, *(f"fold_{k}/{MANIFEST}" for k in range(n_folds))]
@@ -87,13 +88,12 @@ def source_folds(cfg: DictConfig) -> tuple[Path, str, list[Path]]:
 
 
 def run(cfg: DictConfig) -> Path:
-    scfg = cfg.stages.merge
-    out_dir = Path(scfg.out_dir)
+    settings = config.stage(cfg, "merge")
+    out_dir = Path(settings.out_dir)
     timer = StageTimer()
     source, stage, fold_adapters = source_folds(cfg)
     adapters = [read_adapter(p) for p in fold_adapters]
-    weights = None if scfg.get("weights") is None else list(scfg.weights)
-    merged = merge_adapters(adapters, str(scfg.method), weights)
+    merged = merge_adapters(adapters, settings.method, settings.weights)
     timer.lap("average")
     with atomic_dir(out_dir) as tmp:
         stats = merge_into_base(cfg.model, merged, tmp)
@@ -114,7 +114,7 @@ def run(cfg: DictConfig) -> Path:
             stage="merge",
             config={
                 "model": OmegaConf.to_container(cfg.model, resolve=True),
-                "stage": OmegaConf.to_container(scfg, resolve=True),
+                "stage": config.to_dict(settings),
             },
             inputs=[source / MANIFEST, *fold_adapters],
             outputs={

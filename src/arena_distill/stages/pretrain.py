@@ -17,49 +17,44 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
+from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.tableio import load_table
+from arena_distill.distributed import barrier, is_main_process, train_device
+from arena_distill.encode import data_key, encodings, prompt_config
 from arena_distill.io import (
     StageInputError,
     StageTimer,
     atomic_dir,
+    remove_dir,
     require_stage_output,
     write_json,
     write_manifest,
 )
+from arena_distill.layout import PRETRAIN
 from arena_distill.metrics import training_throughput
 from arena_distill.models.factory import build_model, count_parameters, load_tokenizer
-from arena_distill.stages.common import (
-    barrier,
-    data_key,
-    encodings,
-    is_main_process,
-    prompt_config,
-    remove_dir,
-    train_device,
-)
-from arena_distill.train import TrainSettings, fit, make_examples
+from arena_distill.train import fit, make_examples, tracking_callbacks
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> Path:
-    scfg = cfg.stages.pretrain
-    out_dir = Path(scfg.out_dir)
+    settings = config.stage(cfg, "pretrain")
+    out_dir = Path(settings.out_dir)
     data_dir = require_stage_output(
-        cfg.stages.data.out_dir, stage="data", files=["pretrain.parquet"]
+        config.stage(cfg, "data").out_dir, stage="data", files=[PRETRAIN]
     )
-    table = load_table(data_dir / "pretrain.parquet")
+    table = load_table(data_dir / PRETRAIN)
     if table.empty:
         raise StageInputError(
-            f"{data_dir}/pretrain.parquet has no rows: list post-pretraining sets in "
+            f"{data_dir}/{PRETRAIN} has no rows: list post-pretraining sets in "
             "`data.pretrain` (e.g. UltraFeedback with format=ultrafeedback) and rerun the data stage"
         )
     timer = StageTimer()
-    settings = TrainSettings.from_config(scfg)
     tokenizer = load_tokenizer(cfg.model)
-    prompt = prompt_config(cfg, scfg.get("max_length"))
-    enc = encodings(table, tokenizer, prompt, cfg, data_key(data_dir / "pretrain.parquet"))
+    prompt = prompt_config(cfg, settings.max_length)
+    enc = encodings(table, tokenizer, prompt, cfg, data_key(data_dir / PRETRAIN))
     examples = make_examples(
         table["id"].tolist(), table["label"].astype(int).tolist(), enc, swap=settings.swap
     )
@@ -76,7 +71,17 @@ def run(cfg: DictConfig) -> Path:
     )
     timer.lap("setup")
     work = out_dir.parent / f".work-{out_dir.name}"
-    result = fit(model, tokenizer, examples, None, settings, work)
+    tracking = tracking_callbacks(cfg, "pretrain")
+    result = fit(
+        model,
+        tokenizer,
+        examples,
+        None,
+        settings,
+        work,
+        callbacks=tracking.callbacks,
+        report_to=tracking.report_to,
+    )
     timer.lap("train")
     throughput = training_throughput(
         result.trained_rows, result.trained_tokens, timer.phases["train"]
@@ -107,9 +112,9 @@ def run(cfg: DictConfig) -> Path:
                 config={
                     "model": OmegaConf.to_container(cfg.model, resolve=True),
                     "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
-                    "stage": OmegaConf.to_container(scfg, resolve=True),
+                    "stage": config.to_dict(settings),
                 },
-                inputs=[data_dir / "pretrain.parquet"],
+                inputs=[data_dir / PRETRAIN],
                 outputs={
                     k: metrics[k] for k in ("rows", "steps", "last_logged_loss", "throughput")
                 },

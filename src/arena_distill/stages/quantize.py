@@ -26,8 +26,10 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.folds import split_by_fold
+from arena_distill.encode import prompt_config
 from arena_distill.io import (
     StageInputError,
     StageTimer,
@@ -35,12 +37,13 @@ from arena_distill.io import (
     write_json,
     write_manifest,
 )
+from arena_distill.layout import CV, FOLDS, HOLDOUT, TRAIN, load_run_data
 from arena_distill.quantize import (
     CPU_WORKERS_ENV,
     QuantizationError,
-    QuantSettings,
     block_name,
     calibration_dataset,
+    drift_logits,
     drift_metrics,
     group_report,
     head_intact,
@@ -48,13 +51,11 @@ from arena_distill.quantize import (
     linear_in_features,
     load_classifier,
     model_positions,
-    predict_logits,
     quantize_model,
     quantized_layers,
     save_quantized,
     usable_cpus,
 )
-from arena_distill.stages.common import load_run_data, prompt_config
 from arena_distill.text import encode_table
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,8 @@ def check_source(source: Path) -> Path:
 
 def eval_rows(run) -> tuple[str, object]:
     """The holdout rows if the folds file has any, else fold 0's validation rows."""
-    holdout_ids = set(run.folds.loc[run.folds["split"] == "holdout", "id"].astype(str))
-    if holdout_ids:
-        rows = run.train[run.train["id"].astype(str).isin(holdout_ids)].reset_index(drop=True)
+    rows = run.rows(HOLDOUT)
+    if not rows.empty:
         return "holdout", rows
     return "fold_0_valid", split_by_fold(run.train, run.folds, 0)[1]
 
@@ -91,10 +91,10 @@ def run(cfg: DictConfig) -> Path:
 
     from arena_distill.models.factory import load_tokenizer
 
-    scfg = cfg.stages.quantize
-    source = check_source(Path(scfg.source))
-    settings = QuantSettings.from_mapping(OmegaConf.to_container(scfg, resolve=True))
-    out_dir = Path(scfg.out_dir)
+    stage = config.stage(cfg, "quantize")
+    source = check_source(Path(stage.source))
+    settings = stage.gptq()
+    out_dir = Path(stage.out_dir)
     timer = StageTimer()
 
     run_data = load_run_data(cfg)
@@ -111,29 +111,28 @@ def run(cfg: DictConfig) -> Path:
         )
     tokenizer = load_tokenizer({"name_or_path": str(source)})
 
-    cv_ids = set(run_data.folds.loc[run_data.folds["split"] == "cv", "id"].astype(str))
-    cv_rows = run_data.train[run_data.train["id"].astype(str).isin(cv_ids)].reset_index(drop=True)
+    cv_rows = run_data.rows(CV)
     dataset = calibration_dataset(
         cv_rows, tokenizer, prompt, settings.n_calibration, settings.seed, seqlen
     )
     cal_lengths = [len(x["input_ids"][0]) for x in dataset]
     split_name, rows = eval_rows(run_data)
-    if scfg.get("eval_max_rows"):
-        rows = rows.head(int(scfg.eval_max_rows))
+    if stage.eval_max_rows:
+        rows = rows.head(int(stage.eval_max_rows))
     if rows.empty:
         raise StageInputError("quantize: no held-out rows (holdout or fold 0) to measure drift on")
     eval_ids = encode_table(rows, tokenizer, dataclasses.replace(prompt, max_length=eval_length))
     labels = rows["label"].to_numpy()
     labels = labels.astype(np.int64) if not rows["label"].isna().any() else None
     pad_id = tokenizer.pad_token_id
-    batch = int(scfg.get("eval_batch_size", 16))
+    batch = int(stage.eval_batch_size)
     timer.lap("prepare")
 
     # The source first, then freed: only one full model in memory at a time.
     source_model = load_classifier(source, settings.dtype)
     head_name, head_weights = head_state(source_model)
     widths = linear_in_features(source_model, block_name(model_config))
-    source_logits = predict_logits(source_model, eval_ids, pad_id, batch)
+    source_logits = drift_logits(source_model, eval_ids, pad_id, batch)
     del source_model
     gc.collect()
     narrow = {n: w for n, w in widths.items() if w < settings.group_size}
@@ -166,7 +165,7 @@ def run(cfg: DictConfig) -> Path:
             raise QuantizationError(f"the score head did not survive quantization: {why}")
         layers = quantized_layers(reloaded)
         groups = group_report(reloaded, settings.group_size)
-        quant_logits = predict_logits(reloaded, eval_ids, pad_id, batch)
+        quant_logits = drift_logits(reloaded, eval_ids, pad_id, batch)
         del reloaded
         timer.lap("quantized_logits")
 
@@ -203,15 +202,15 @@ def run(cfg: DictConfig) -> Path:
             stage="quantize",
             config={
                 "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
-                "stage": OmegaConf.to_container(scfg, resolve=True),
+                "stage": config.to_dict(stage),
             },
             inputs=[
                 p
                 for p in (
                     source / "config.json",
                     source / "manifest.json",
-                    run_data.data_dir / "train.parquet",
-                    run_data.data_dir / "folds.csv",
+                    run_data.data_dir / TRAIN,
+                    run_data.data_dir / FOLDS,
                 )
                 if p.exists()
             ],

@@ -22,42 +22,44 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.io import StageTimer, atomic_dir, require_stage_output, write_manifest
+from arena_distill.layout import FOLDS, TRAIN
 from arena_distill.report import compare_runs, load_run, write_report
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> Path:
-    scfg = cfg.stages.report
+    settings = config.stage(cfg, "report")
     data_dir = require_stage_output(
-        cfg.stages.data.out_dir, stage="data", files=["train.parquet", "folds.csv"]
+        config.stage(cfg, "data").out_dir, stage="data", files=[TRAIN, FOLDS]
     )
     run_dir = Path(cfg.run_dir)
     timer = StageTimer()
     run_preds = load_run(
         run_dir,
         data_dir=data_dir,
-        teachers_dir=scfg.get("teachers_dir"),
-        students_dir=scfg.get("students_dir"),
-        holdout_dir=scfg.get("holdout_dir"),
-        baselines_dir=scfg.get("baselines_dir"),
+        teachers_dir=settings.teachers_dir,
+        students_dir=settings.students_dir,
+        holdout_dir=settings.holdout_dir,
+        baselines_dir=settings.baselines_dir,
     )
     timer.lap("load")
     log.info("scoring %d prediction columns", len(run_preds.stages))
-    out_dir = Path(scfg.out_dir)
-    compare_with = scfg.get("compare_with")
-    plots = bool(scfg.get("plots", True))
+    out_dir = Path(settings.out_dir)
+    compare_with = settings.compare_with
+    plots = settings.plots
     with atomic_dir(out_dir) as tmp:
         metrics = write_report(
             run_preds,
             tmp,
-            temperature_scaling=bool(scfg.temperature_scaling),
-            n_len_buckets=int(scfg.get("n_len_buckets", 5)),
-            n_calibration_bins=int(scfg.get("n_calibration_bins", 10)),
+            temperature_scaling=settings.temperature_scaling,
+            n_len_buckets=settings.n_len_buckets,
+            n_calibration_bins=settings.n_calibration_bins,
             plots=plots,
         )
         timer.lap("report")
@@ -79,7 +81,7 @@ def run(cfg: DictConfig) -> Path:
         write_manifest(
             tmp,
             stage="report",
-            config={"stage": OmegaConf.to_container(scfg, resolve=True)},
+            config={"stage": config.to_dict(settings)},
             inputs=inputs,
             outputs=outputs,
             timer=timer,

@@ -13,11 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.tableio import load_table
 from arena_distill.io import StageTimer, atomic_dir, require_stage_output, write_manifest
+from arena_distill.layout import TEST, TRAIN
 from arena_distill.models.tiny import build_tiny_models
 
 log = logging.getLogger(__name__)
@@ -31,13 +33,13 @@ def table_texts(df: pd.DataFrame) -> Iterator[str]:
 
 
 def run(cfg: DictConfig) -> Path:
-    scfg = cfg.stages.tiny_models
-    data_dir = require_stage_output(cfg.stages.data.out_dir, stage="data", files=["train.parquet"])
+    scfg = config.stage(cfg, "tiny_models")
+    data_dir = require_stage_output(config.stage(cfg, "data").out_dir, stage="data", files=[TRAIN])
     out_dir = Path(scfg.out_dir)
     timer = StageTimer()
-    tables = [load_table(data_dir / "train.parquet")]
-    if (data_dir / "test.parquet").exists():
-        tables.append(load_table(data_dir / "test.parquet"))
+    tables = [load_table(data_dir / TRAIN)]
+    if (data_dir / TEST).exists():
+        tables.append(load_table(data_dir / TEST))
     texts = [t for df in tables for t in table_texts(df)]
     timer.lap("read")
     with atomic_dir(out_dir) as tmp:
@@ -58,8 +60,8 @@ def run(cfg: DictConfig) -> Path:
         write_manifest(
             tmp,
             stage="tiny_models",
-            config=OmegaConf.to_container(scfg, resolve=True),
-            inputs=[data_dir / "train.parquet"],
+            config=config.to_dict(scfg),
+            inputs=[data_dir / TRAIN],
             outputs={name: Path(p).name for name, p in paths.items()},
             timer=timer,
         )

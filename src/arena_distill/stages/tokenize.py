@@ -1,12 +1,19 @@
-"""Stage ``tokenize``: normalised tables -> token ids, for one model's tokenizer.
+"""Stage ``tokenize``: the run's rows as token ids for one model, ahead of the stages that use them.
 
-Reads ``${run_dir}/data/`` (the data stage) and the tokenizer of the ``model`` config.
-Writes ``stages.tokenize.out_dir`` (default ``${run_dir}/tokens/<model>/``): one
-``<split>.parquet`` per table (``id, swapped, input_ids, length``; both A/B orientations, since
-training uses swap augmentation and prediction swap-TTA), ``stats.json`` (length percentiles and
-how many rows hit the budget) and ``manifest.json``. Encodings are cached under
-``stages.tokenize.cache_dir`` keyed by (data, tokenizer, template, max length), so training and
-prediction stages that need the same ids reuse them.
+Reads ``${run_dir}/data/`` (the data stage) and the tokenizer of the ``model`` config. Encodes
+each table of ``splits`` exactly as the stage that uses it will ask for it (same tokenizer
+loader, prompt config, token budget and data key; ``arena_distill.encode``), so the ids land in
+the run's token cache (``stages.tokenize.cache_dir``) and those stages read them back:
+
+* ``train``    the labelled rows (train + extra), at the budget of every training stage that
+  trains ``model`` (pretrain's for its own rows; teacher's and distill's for these);
+* ``pretrain`` the post-pretraining rows, at the pretrain stage's budget;
+* ``test``     the test rows, at the predict stage's budget;
+* ``holdout``  the labelled holdout rows, at the predict stage's budget.
+
+Writes ``stages.tokenize.out_dir`` (default ``${run_dir}/tokens/<model>/``): ``stats.json``
+(per table and budget: rows, length percentiles, rows at the budget, the cache file) and
+``manifest.json``. The ids themselves stay in the cache, one copy.
 """
 
 from __future__ import annotations
@@ -16,21 +23,25 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoTokenizer
 
+from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.tableio import load_table
+from arena_distill.encode import cache_dir, data_key, holdout_key, prompt_config, test_key
 from arena_distill.io import (
     StageTimer,
     atomic_dir,
-    file_sha256,
     require_stage_output,
     write_json,
     write_manifest,
 )
-from arena_distill.text import PromptConfig, tokenize_both_orientations
+from arena_distill.layout import EXTRA, FOLDS, HOLDOUT, PRETRAIN, TEST, TRAIN, read_run_data
+from arena_distill.models.factory import load_tokenizer
+from arena_distill.text import tokenize_both_orientations
 
 log = logging.getLogger(__name__)
+
+SPLITS = ("train", "pretrain", "test", "holdout")
 
 
 def length_stats(lengths: np.ndarray, max_length: int) -> dict:
@@ -46,31 +57,60 @@ def length_stats(lengths: np.ndarray, max_length: int) -> dict:
     }
 
 
+def _budgets(*values: int | None) -> list[int | None]:
+    """Distinct stage budgets in order (None: the prompt config's)."""
+    out: list[int | None] = []
+    for v in values:
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def jobs(cfg: DictConfig, data_dir: Path) -> list[tuple[str, object, str, list[int | None]]]:
+    """``(split, rows, data key, budgets)`` for every requested table that exists."""
+    stages = {n: config.stage(cfg, n) for n in ("pretrain", "teacher", "distill", "predict")}
+    want = config.stage(cfg, "tokenize").splits
+    bad = sorted(set(want) - set(SPLITS))
+    if bad:
+        raise config.ConfigError(f"stages.tokenize.splits: {bad} are not among {SPLITS}")
+    out = []
+    predict_budget = [stages["predict"].max_length]
+    if "train" in want:
+        run = read_run_data(data_dir)
+        budgets = _budgets(stages["teacher"].max_length, stages["distill"].max_length)
+        out.append(("train", run.labelled, data_key(data_dir / TRAIN, data_dir / EXTRA), budgets))
+    if "pretrain" in want and (data_dir / PRETRAIN).exists():
+        rows = load_table(data_dir / PRETRAIN)
+        if len(rows):
+            key = data_key(data_dir / PRETRAIN)
+            out.append(("pretrain", rows, key, [stages["pretrain"].max_length]))
+    if "test" in want and (data_dir / TEST).exists():
+        out.append(("test", load_table(data_dir / TEST), test_key(data_dir), predict_budget))
+    if "holdout" in want:
+        rows = read_run_data(data_dir).rows(HOLDOUT)
+        if len(rows):
+            out.append(("holdout", rows, holdout_key(data_dir), predict_budget))
+    return out
+
+
 def run(cfg: DictConfig) -> Path:
-    scfg = cfg.stages.tokenize
-    data_dir = require_stage_output(cfg.stages.data.out_dir, stage="data")
-    prompt = PromptConfig.from_dict(OmegaConf.to_container(cfg.prompt, resolve=True))
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model.name_or_path)
-    out_dir = Path(scfg.out_dir)
-    cache_dir = Path(scfg.cache_dir)
+    settings = config.stage(cfg, "tokenize")
+    data_dir = require_stage_output(config.stage(cfg, "data").out_dir, stage="data")
+    tokenizer = load_tokenizer(cfg.model)
+    out_dir = Path(settings.out_dir)
     timer = StageTimer()
     stats: dict[str, dict] = {}
-    inputs = []
-    with atomic_dir(out_dir) as tmp:
-        for split in scfg.splits:
-            path = data_dir / f"{split}.parquet"
-            if not path.exists():
-                log.info("no %s table in %s: skipped", split, data_dir)
-                continue
-            inputs.append(path)
-            df = load_table(path)
+    for split, rows, key, budgets in jobs(cfg, data_dir):
+        for budget in budgets:
+            prompt = prompt_config(cfg, budget)
             enc = tokenize_both_orientations(
-                df, tokenizer, prompt, cache_dir=cache_dir, data_key=file_sha256(path)
+                rows, tokenizer, prompt, cache_dir=cache_dir(cfg), data_key=key
             )
-            enc.to_parquet(tmp / f"{split}.parquet", index=False)
-            stats[split] = length_stats(enc["length"].to_numpy(), prompt.max_length)
-            timer.lap(split)
-            log.info("%s: %s", split, stats[split])
+            name = f"{split}@{prompt.max_length}"
+            stats[name] = length_stats(enc["length"].to_numpy(), prompt.max_length)
+            timer.lap(name)
+            log.info("%s: %s", name, stats[name])
+    with atomic_dir(out_dir) as tmp:
         write_json(tmp / "stats.json", stats)
         write_manifest(
             tmp,
@@ -78,13 +118,17 @@ def run(cfg: DictConfig) -> Path:
             config={
                 "model": OmegaConf.to_container(cfg.model, resolve=True),
                 "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
-                "stage": OmegaConf.to_container(scfg, resolve=True),
+                "stage": config.to_dict(settings),
             },
-            inputs=inputs,
+            inputs=[
+                p
+                for p in (data_dir / f for f in (TRAIN, EXTRA, FOLDS, PRETRAIN, TEST))
+                if p.exists()
+            ],
             outputs={"stats": stats},
             timer=timer,
         )
-    log.info("token ids written to %s", out_dir)
+    log.info("token ids of %s cached in %s; stats in %s", sorted(stats), cache_dir(cfg), out_dir)
     return out_dir
 
 

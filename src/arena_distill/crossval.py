@@ -1,0 +1,289 @@
+"""Fold training: one model per fold of ``folds.csv``, its out-of-fold predictions, the folds
+combined. The ``teacher`` and ``distill`` stages are this with their own settings and loss.
+
+For fold k the model trains on the fold's training rows (cv rows of the other folds plus every
+extra row, with the swap augmentation of its settings) and is scored on the fold's validation
+rows, in both A/B orientations (swap-TTA). Output layout under the stage's ``out_dir``:
+
+- ``fold_<k>/adapter/``      the best validation checkpoint's LoRA adapter (head included)
+- ``fold_<k>/oof.parquet``   one row per validation id (``layout.prediction_table``)
+- ``fold_<k>/metrics.json``  log loss (plain and swap-TTA), accuracy, prior, padding share,
+  throughput (training, and the OOF prediction), history
+- ``fold_<k>/manifest.json``
+- ``oof.parquet``, ``metrics.json``, ``manifest.json`` once every fold is done
+- ``.work/fold_<k>/``        checkpoints while a fold trains (the resume point)
+
+A killed run restarted with the same command resumes the unfinished fold from its last
+checkpoint and skips finished folds (``overwrite`` retrains them).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from transformers import TrainerCallback, set_seed
+
+from arena_distill import settings as config
+from arena_distill.data.folds import split_by_fold
+from arena_distill.distributed import barrier, is_main_process, train_device
+from arena_distill.encode import labelled_encodings
+from arena_distill.inference import predict_logits
+from arena_distill.io import (
+    MANIFEST,
+    StageTimer,
+    atomic_dir,
+    read_json,
+    remove_dir,
+    require_fresh,
+    require_stage_output,
+    write_json,
+    write_manifest,
+    write_parquet,
+)
+from arena_distill.layout import RunData, fold_dir, prediction_table, score_predictions
+from arena_distill.losses import LossFn, cross_entropy
+from arena_distill.metrics import (
+    count_tokens,
+    inference_throughput,
+    prior_log_loss,
+    training_throughput,
+)
+from arena_distill.models.factory import build_model, count_parameters, load_tokenizer
+from arena_distill.settings import TeacherSettings
+from arena_distill.train import examples_for, fit, make_examples, tracking_callbacks
+
+log = logging.getLogger(__name__)
+
+FieldsFn = Callable[[str, bool], dict]
+
+
+def fold_done(out_dir: Path, fold: int) -> bool:
+    return (fold_dir(out_dir, fold) / MANIFEST).is_file()
+
+
+def folds_to_run(spec, n_folds: int) -> list[int]:
+    """``all`` or one fold index (``FOLD=k`` in the Makefile) or a list of them."""
+    if spec in (None, "all"):
+        return list(range(n_folds))
+    folds = [int(f) for f in (spec if isinstance(spec, (list, tuple)) else [spec])]
+    bad = [f for f in folds if not 0 <= f < n_folds]
+    if bad:
+        raise ValueError(f"fold(s) {bad} out of range: the folds file has {n_folds} folds")
+    return folds
+
+
+def pretrain_adapter(cfg: DictConfig) -> Path:
+    """The post-pretrain adapter of ``cfg.model`` (the pretrain stage's output)."""
+    folder = require_stage_output(cfg.stages.pretrain.out_dir, stage="pretrain", files=["adapter"])
+    return folder / "adapter"
+
+
+def oof_logits(model, examples: Sequence[dict], pad_token_id: int, batch_size: int) -> np.ndarray:
+    """Logits of ``examples`` (in their order) through the inference engine."""
+    run = predict_logits(
+        model,
+        [e["input_ids"] for e in examples],
+        pad_token_id=pad_token_id,
+        batch_size=batch_size,
+        progress=False,
+    )
+    return run.logits
+
+
+def train_fold(
+    cfg: DictConfig,
+    run: RunData,
+    fold: int,
+    enc: dict,
+    *,
+    stage: str,
+    settings: TeacherSettings,
+    loss_fn: LossFn = cross_entropy,
+    fields: FieldsFn | None = None,
+    init_adapter: Path | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> dict:
+    """Train ``cfg.model`` on fold ``fold``'s training rows, keep the best validation checkpoint,
+    and write its adapter, OOF predictions and metrics to ``<settings.out_dir>/fold_<fold>/``.
+
+    Returns the fold's metrics."""
+    out_dir = Path(settings.out_dir)
+    timer = StageTimer()
+    train_rows, valid_rows = split_by_fold(run.labelled, run.folds, fold)
+    tr_ids, tr_y = train_rows["id"].tolist(), train_rows["label"].astype(int).tolist()
+    va_ids, va_y = valid_rows["id"].tolist(), valid_rows["label"].astype(int).tolist()
+    train_ex = make_examples(tr_ids, tr_y, enc, swap=settings.swap, fields=fields)
+    valid_ex = examples_for(va_ids, va_y, enc)
+    # the same seed for every fold: every fold's LoRA starts from the same init (1st place),
+    # which is what makes averaging the fold adapters meaningful
+    set_seed(settings.seed)
+    model, tokenizer = build_model(
+        cfg.model, train=True, init_adapter=init_adapter, device=train_device()
+    )
+    trainable, total = count_parameters(model)
+    log.info(
+        "fold %d: %d training examples (%d rows, swap=%s), %d validation rows; %d/%d params trainable",
+        fold,
+        len(train_ex),
+        len(tr_ids),
+        settings.swap,
+        len(va_ids),
+        trainable,
+        total,
+    )
+    timer.lap("setup")
+    work = out_dir / ".work" / f"fold_{fold}"
+    tracking = tracking_callbacks(cfg, stage, f"fold_{fold}")
+    result = fit(
+        model,
+        tokenizer,
+        train_ex,
+        valid_ex,
+        settings,
+        work,
+        loss_fn=loss_fn,
+        callbacks=[*callbacks, *tracking.callbacks],
+        report_to=tracking.report_to,
+    )
+    timer.lap("train")
+    trainer = result.trainer
+    swapped_ex = examples_for(va_ids, va_y, enc, swapped=True)
+    batch = int(settings.per_device_eval_batch_size)
+    pad = int(tokenizer.pad_token_id)
+    logits = oof_logits(trainer.model, valid_ex, pad, batch)
+    swapped_logits = oof_logits(trainer.model, swapped_ex, pad, batch)
+    oof = prediction_table(va_ids, logits, swapped_logits, fold=fold, label=va_y)
+    timer.lap("predict")
+    throughput = {
+        **training_throughput(result.trained_rows, result.trained_tokens, timer.phases["train"]),
+        **inference_throughput(*count_tokens(valid_ex + swapped_ex), timer.phases["predict"]),
+    }
+    metrics = {
+        "fold": fold,
+        **score_predictions(oof),
+        "prior_log_loss": prior_log_loss(np.asarray(tr_y), np.asarray(va_y)),
+        "train_rows": len(tr_ids),
+        "train_examples": len(train_ex),
+        "padding_share": round(result.padding_share, 4),
+        "steps": trainer.state.global_step,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_eval_log_loss": trainer.state.best_metric,
+        "resumed_from": result.resumed_from,
+        "trainable_params": trainable,
+        "total_params": total,
+        "throughput": throughput,
+        "history": result.log_history,
+    }
+    final_adapter = work / "final_adapter"
+    trainer.save_model(str(final_adapter))  # every rank (ZeRO-3 gathers); the main one writes
+    if is_main_process():
+        with atomic_dir(fold_dir(out_dir, fold)) as tmp:
+            shutil.copytree(final_adapter, tmp / "adapter")
+            oof.to_parquet(tmp / "oof.parquet", index=False)
+            write_json(tmp / "metrics.json", metrics)
+            write_manifest(
+                tmp,
+                stage=stage,
+                config={
+                    "model": OmegaConf.to_container(cfg.model, resolve=True),
+                    "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
+                    "stage": config.to_dict(settings),
+                },
+                inputs=run.files + ([init_adapter] if init_adapter else []),
+                outputs={
+                    "fold": fold,
+                    "log_loss": metrics["log_loss"],
+                    "rows": len(oof),
+                    "throughput": throughput,
+                },
+                timer=timer,
+                extra={"fold": fold},
+            )
+        remove_dir(work)
+    barrier()
+    log.info(
+        "fold %d: OOF log loss %.4f (swap-TTA %.4f, prior %.4f)",
+        fold,
+        metrics["log_loss"],
+        metrics["log_loss_tta"],
+        metrics["prior_log_loss"],
+    )
+    return metrics
+
+
+def combine_folds(cfg: DictConfig, out_dir: Path, n_folds: int, *, stage: str) -> Path:
+    """Once every fold is done: ``oof.parquet`` (every cv id once), ``metrics.json``, manifest."""
+    oof = pd.concat(
+        [pd.read_parquet(fold_dir(out_dir, k) / "oof.parquet") for k in range(n_folds)],
+        ignore_index=True,
+    )
+    if oof["id"].duplicated().any():
+        raise RuntimeError(f"{out_dir}: an id appears in more than one fold's OOF predictions")
+    per_fold = [read_json(fold_dir(out_dir, k) / "metrics.json") for k in range(n_folds)]
+    overall = score_predictions(oof)
+    metrics = {
+        "oof": overall,
+        "folds": [{k: v for k, v in m.items() if k != "history"} for m in per_fold],
+        "fold_log_loss": [m["log_loss"] for m in per_fold],
+        "fold_log_loss_tta": [m["log_loss_tta"] for m in per_fold],
+    }
+    write_parquet(oof, out_dir / "oof.parquet")
+    write_json(out_dir / "metrics.json", metrics)
+    write_manifest(
+        out_dir,
+        stage=stage,
+        config={"model": OmegaConf.to_container(cfg.model, resolve=True)},
+        inputs=[fold_dir(out_dir, k) / "oof.parquet" for k in range(n_folds)],
+        outputs={"oof_log_loss": overall["log_loss"], "oof_log_loss_tta": overall["log_loss_tta"]},
+    )
+    log.info(
+        "%s %s: OOF log loss %.4f (swap-TTA %.4f) over %d rows; folds %s",
+        stage,
+        cfg.model.name,
+        overall["log_loss"],
+        overall["log_loss_tta"],
+        overall["rows"],
+        [round(x, 4) for x in metrics["fold_log_loss"]],
+    )
+    return out_dir
+
+
+def run_folds(
+    cfg: DictConfig,
+    run: RunData,
+    *,
+    stage: str,
+    settings: TeacherSettings,
+    loss_fn: LossFn = cross_entropy,
+    fields_for_fold: Callable[[int], FieldsFn] | None = None,
+) -> Path:
+    """Train every requested fold not yet done, then combine when all folds are done."""
+    out_dir = Path(settings.out_dir)
+    init_adapter = pretrain_adapter(cfg) if settings.init_from_pretrain else None
+    tokenizer = load_tokenizer(cfg.model)
+    enc = labelled_encodings(cfg, run, tokenizer, settings.max_length)
+    for fold in folds_to_run(settings.folds, run.n_folds):
+        if fold_done(out_dir, fold) and not settings.overwrite:
+            require_fresh(fold_dir(out_dir, fold), run.files, stage=stage)
+            log.info("fold %d already done (%s): skipped", fold, fold_dir(out_dir, fold))
+            continue
+        train_fold(
+            cfg,
+            run,
+            fold,
+            enc,
+            stage=stage,
+            settings=settings,
+            loss_fn=loss_fn,
+            fields=fields_for_fold(fold) if fields_for_fold else None,
+            init_adapter=init_adapter,
+        )
+    if is_main_process() and all(fold_done(out_dir, k) for k in range(run.n_folds)):
+        combine_folds(cfg, out_dir, run.n_folds, stage=stage)
+    return out_dir

@@ -1,0 +1,746 @@
+"""The configuration contract: every block of the composed Hydra config, typed.
+
+Each block of ``configs/`` has a dataclass here, and the code reads its settings from these
+objects, never from raw config keys. A key that no dataclass declares is an error that names
+the key's full path and the nearest known key::
+
+    stages.teacher.learning_rate: unknown key; did you mean lr?
+
+Hydra already refuses a command-line typo (``stages.teacher.learning_rate=1e-4`` without a
+``+``), but a typo in a YAML file composes silently; :func:`validate` closes that gap. It runs
+on every composed config (``config.compose``, every stage's Hydra app, the one-process
+pipeline), so a typo anywhere in an experiment file stops the run before any stage starts,
+not hours later when the stage that reads the block is reached.
+
+The blocks (``configs/<group>/*.yaml`` → dataclass):
+
+* root keys (``run_name``, ``runs_root``, ``run_dir``, ``seed``) and ``pipeline``
+  (:class:`PipelineSettings`), ``logging`` (:class:`LoggingSettings`);
+* ``data`` (:class:`DataSettings`), ``model`` (:class:`ModelSettings`), ``prompt``
+  (``text.PromptConfig``);
+* ``stages.<name>`` (:data:`STAGE_SETTINGS`): one dataclass per stage.
+
+Types are checked too (``lr: "1e-4"`` — a string — is refused), and a handful of settings
+check their allowed values in ``__post_init__``. :func:`build` turns a config node into its
+dataclass (resolving interpolations), :func:`stage` does it for ``stages.<name>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, Union
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from arena_distill.text import PromptConfig
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config key the code does not read, a value of the wrong type, or a missing value."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Root blocks
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class PipelineSettings:
+    """Which model configs play which role in the distillation recipe."""
+
+    teachers: list[str]
+    student: str
+    ablate: bool = False  # also the student without teacher terms (students/<student>_ce_only)
+
+
+REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
+
+
+@dataclass(kw_only=True)
+class LoggingSettings:
+    """Experiment tracking of the training stages (``logging`` block).
+
+    ``report_to``: ``none``, or one or more of ``tensorboard`` (event files under
+    ``tensorboard_dir/<stage>/<model>[/fold_<k>]``, linked from the report), ``wandb``,
+    ``mlflow`` (their own environment variables choose project and server)."""
+
+    report_to: str | list[str] = "none"
+    tensorboard_dir: str = "runs/default/tensorboard"
+
+    def __post_init__(self) -> None:
+        for name in self.integrations:
+            if name not in REPORT_TO:
+                raise ConfigError(f"logging.report_to: {name!r} is not one of {REPORT_TO}")
+
+    @property
+    def integrations(self) -> list[str]:
+        """The chosen integrations, ``none`` removed."""
+        names = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
+        return [n for n in names if n != "none"]
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class DataSpec:
+    """One source of rows: a file (or a list of files in the same format, read as their union),
+    its format (``data.readers.READERS`` key), a source name, and reader options."""
+
+    path: str | list[str]
+    format: str = "competition"
+    source: str | None = None
+    options: dict | None = None
+
+
+@dataclass(kw_only=True)
+class FoldSettings:
+    n_folds: int = 5
+    seed: int = 2025
+    group_by_prompt: bool = False
+    overwrite: bool = False
+
+
+@dataclass(kw_only=True)
+class DataSettings:
+    """The ``data`` group: where the rows come from and how they are split."""
+
+    name: str  # the data config's name (recorded in the data stage's manifest)
+    train: DataSpec
+    test: DataSpec | None = None
+    sample_submission: str | None = None
+    test_labels: str | None = None
+    extra: list[DataSpec | str] = field(default_factory=list)
+    pretrain: list[DataSpec | str] = field(default_factory=list)
+    on_bad_row: str = "error"
+    dedup: bool = True
+    holdout_frac: float = 0.0
+    holdout_seed: int = 2025
+    folds: FoldSettings = field(default_factory=FoldSettings)
+
+    def __post_init__(self) -> None:
+        if self.on_bad_row not in ("error", "drop"):
+            raise ConfigError(f"data.on_bad_row must be error or drop, got {self.on_bad_row!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class LoraSettings:
+    r: int
+    alpha: int
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    layers_to_transform: list[int] | None = None
+
+
+@dataclass(kw_only=True)
+class QuantizationSettings:
+    """4-bit NF4 weights (QLoRA teachers)."""
+
+    type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "bfloat16"
+    quant_storage: str | None = None  # bfloat16 under DeepSpeed ZeRO-3 / FSDP
+
+
+@dataclass(kw_only=True)
+class ModelSettings:
+    """The ``model`` group (``models.factory`` builds the model from it)."""
+
+    name: str
+    name_or_path: str
+    family: str  # gemma2 | llama | qwen2 | bert
+    num_labels: int = 3
+    dtype: str = "float32"
+    attn_implementation: str = "auto"
+    softcapping: bool | None = None
+    head: str = "linear"  # linear | mlp (2nd place)
+    head_dropout: float = 0.1
+    gradient_checkpointing: bool = False
+    quantization: QuantizationSettings | None = None
+    lora: LoraSettings | None = None
+    config_overrides: dict | None = None  # config.json keys changed on load
+
+
+# ---------------------------------------------------------------------------------------------
+# stages
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class DemoDataSettings:
+    out_dir: str = "data/demo"
+    n_train: int = 1500
+    n_test: int = 300
+    n_pretrain: int = 1000
+    seed: int = 1234
+
+
+@dataclass(kw_only=True)
+class DataStageSettings:
+    out_dir: str
+
+
+@dataclass(kw_only=True)
+class TinyModelsSettings:
+    out_dir: str
+    families: list[str]
+    vocab_size: int = 2048
+    hidden_size: int = 96
+    num_layers: int = 2
+    num_heads: int = 3
+    num_kv_heads: int = 1
+    intermediate_size: int = 256
+    max_position_embeddings: int = 2048
+    seed: int = 0
+
+
+@dataclass(kw_only=True)
+class TokenizeSettings:
+    out_dir: str
+    cache_dir: str
+    splits: list[str] = field(default_factory=lambda: ["train", "test"])
+
+
+SWAP_MODES = ("random", "full", "none")
+
+
+@dataclass(kw_only=True)
+class TrainSettings:
+    """The optimisation knobs every training stage shares (``configs/stage/pretrain.yaml``,
+    inherited by ``teacher.yaml`` and ``distill.yaml``); ``train.training_arguments`` turns
+    them into ``TrainingArguments``."""
+
+    epochs: float = 1.0
+    lr: float = 1e-5
+    head_lr: float | None = None  # the classification head's own rate (None: lr)
+    global_batch_size: int = 64
+    per_device_batch_size: int = 1
+    per_device_eval_batch_size: int = 8
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"
+    warmup_steps: int = 100
+    swap: str = "random"  # random | full | none
+    seed: int = 1234
+    eval_steps: int | None = None  # None: evaluate (and checkpoint) once per epoch
+    save_steps: int | None = None  # checkpoint interval when not evaluating by steps
+    keep_best: bool = True
+    max_steps: int = -1
+    logging_steps: int = 10
+    group_by_length: bool = True
+    bf16: str | bool = "auto"  # auto: on CUDA devices that support it
+    save_total_limit: int = 2
+    extra: dict = field(default_factory=dict)  # extra TrainingArguments (deepspeed, fsdp, ...)
+
+    def __post_init__(self) -> None:
+        if self.swap not in SWAP_MODES:
+            raise ConfigError(f"swap must be one of {SWAP_MODES}, got {self.swap!r}")
+        self.betas = tuple(self.betas)
+
+
+@dataclass(kw_only=True)
+class PretrainSettings(TrainSettings):
+    out_dir: str
+    max_length: int | None = None  # token budget for training; None: prompt.max_length
+
+
+@dataclass(kw_only=True)
+class TeacherSettings(PretrainSettings):
+    folds: int | list[int] | str = "all"  # all | a fold index | a list of them
+    init_from_pretrain: bool = True
+    overwrite: bool = False
+
+
+@dataclass(kw_only=True)
+class LossWeights:
+    ce: float = 1.0
+    kl: float = 1.0
+    cos: float = 1.0
+
+
+@dataclass(kw_only=True)
+class DistillSettings(TeacherSettings):
+    logits_dir: str
+    temperature: float = 1.0
+    weights: LossWeights = field(default_factory=LossWeights)
+    normalise_weights: bool = True
+
+
+ORIENTATIONS = {"original": False, "swapped": True}
+
+
+@dataclass(kw_only=True)
+class DumpLogitsSettings:
+    out_dir: str
+    in_sample: bool = True
+    out_of_fold: bool = False
+    orientations: list[str] = field(default_factory=lambda: ["original", "swapped"])
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.orientations) - set(ORIENTATIONS))
+        if bad:
+            raise ConfigError(f"orientations must be among {sorted(ORIENTATIONS)}, got {bad}")
+
+
+MERGE_METHODS = ("ab_mean", "delta_mean")
+
+
+@dataclass(kw_only=True)
+class MergeSettings:
+    out_dir: str
+    source: str
+    method: str = "ab_mean"
+    weights: list[float] | None = None  # per fold, summing to 1; None: uniform
+
+    def __post_init__(self) -> None:
+        if self.method not in MERGE_METHODS:
+            raise ConfigError(f"merge method must be one of {MERGE_METHODS}, got {self.method!r}")
+
+
+@dataclass(kw_only=True)
+class QuantSettings:
+    """The GPTQ run (``quantize.quantize_model``)."""
+
+    bits: int = 8
+    group_size: int = 128
+    n_calibration: int = 128
+    calibration_max_length: int = 2100
+    backend: str = "torch"
+    damp_percent: float = 0.1
+    desc_act: bool = False
+    sym: bool = True
+    seed: int = 2025
+    dtype: str = "auto"
+
+
+@dataclass(kw_only=True)
+class QuantizeSettings(QuantSettings):
+    source: str
+    out_dir: str
+    eval_batch_size: int = 16
+    eval_max_rows: int | None = None
+
+    def gptq(self) -> QuantSettings:
+        """The GPTQ knobs alone."""
+        names = {f.name for f in dataclasses.fields(QuantSettings)}
+        return QuantSettings(**{k: getattr(self, k) for k in names})
+
+
+EMPTY_A = (0.04, 0.88, 0.08)  # 4th place: P(A, B, tie) when A is empty (mirrored for B)
+IDENTICAL = (0.06, 0.06, 0.88)
+
+
+@dataclass(kw_only=True)
+class PostprocessSettings:
+    enabled: bool = False
+    empty_answer: tuple[float, float, float] = EMPTY_A
+    identical_answers: tuple[float, float, float] = IDENTICAL
+
+    def __post_init__(self) -> None:
+        self.empty_answer = tuple(float(x) for x in self.empty_answer)
+        self.identical_answers = tuple(float(x) for x in self.identical_answers)
+
+
+@dataclass(kw_only=True)
+class PredictSettings:
+    """How to predict, whatever the rows and the model (``predict.predict_rows``; the Kaggle
+    model folder carries them). ``max_length`` None: the prompt config's. ``devices``:
+    ``auto``, a device name or a list. ``time_budget_hours`` None turns the guard off."""
+
+    tta: bool = True
+    max_length: int | None = 2000
+    batch_size: int = 8
+    max_tokens_per_batch: int | None = None
+    devices: str | list[str] = "auto"
+    dtype: str = "auto"
+    progress: bool = True
+    time_budget_hours: float | None = 9.0
+    time_budget_safety: float = 0.9
+    fallback_max_length: int | None = 1024
+    guard_batches: int = 4
+    postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
+    clip_eps: float = 1.0e-6
+
+    @classmethod
+    def from_config(cls, node: Any, path: str = "predict") -> PredictSettings:
+        """From saved settings (a packaged model's ``arena_distill_prompt.json``), also in the
+        flat layout written before ``postprocess`` became a block (``postprocess: bool``,
+        ``empty_answer``, ``identical_answers`` beside it). Unknown keys are refused."""
+        data = _container(node)
+        flat = {k: data.pop(k) for k in ("empty_answer", "identical_answers") if k in data}
+        pp = data.get("postprocess")
+        if flat or isinstance(pp, bool):
+            base = dict(pp) if isinstance(pp, Mapping) else {"enabled": bool(pp)}
+            data["postprocess"] = {**base, **{k: v for k, v in flat.items() if v is not None}}
+        return build(PredictSettings, data, path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+PREDICT_SPLITS = ("test", "holdout")
+
+
+@dataclass(kw_only=True)
+class PredictStageSettings(PredictSettings):
+    out_dir: str
+    model_dir: str
+    adapter_dir: str | None = None
+    tokenizer_dir: str | None = None
+    split: str = "test"
+
+    def __post_init__(self) -> None:
+        if self.split not in PREDICT_SPLITS:
+            raise ConfigError(f"stages.predict.split must be one of {PREDICT_SPLITS}")
+
+    def predict(self) -> PredictSettings:
+        """The prediction settings alone (what a packaged model carries)."""
+        names = {f.name for f in dataclasses.fields(PredictSettings)}
+        return PredictSettings(**{k: getattr(self, k) for k in names})
+
+
+@dataclass(kw_only=True)
+class BaselinesSettings:
+    out_dir: str
+    names: list[str]
+    c: float = 1.0
+    max_features: int = 20000
+    ngram_max: int = 2
+
+
+@dataclass(kw_only=True)
+class ReportSettings:
+    out_dir: str
+    teachers_dir: str | None = None
+    students_dir: str | None = None
+    holdout_dir: str | None = None
+    baselines_dir: str | None = None
+    temperature_scaling: bool = False
+    n_len_buckets: int = 5
+    n_calibration_bins: int = 10
+    plots: bool = True
+    compare_with: str | None = None
+
+
+# name of the stage -> its block's dataclass (stages.<name>)
+STAGE_SETTINGS: dict[str, type] = {
+    "demo_data": DemoDataSettings,
+    "data": DataStageSettings,
+    "tiny_models": TinyModelsSettings,
+    "tokenize": TokenizeSettings,
+    "pretrain": PretrainSettings,
+    "teacher": TeacherSettings,
+    "dump_logits": DumpLogitsSettings,
+    "distill": DistillSettings,
+    "merge": MergeSettings,
+    "quantize": QuantizeSettings,
+    "predict": PredictStageSettings,
+    "baselines": BaselinesSettings,
+    "report": ReportSettings,
+}
+
+ROOT_SCALARS = {"run_name": str, "runs_root": str, "run_dir": str, "seed": int}
+ROOT_BLOCKS: dict[str, type] = {
+    "pipeline": PipelineSettings,
+    "logging": LoggingSettings,
+    "data": DataSettings,
+    "model": ModelSettings,
+    "prompt": PromptConfig,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking and building
+# ---------------------------------------------------------------------------------------------
+
+
+def _initials(key: str) -> str:
+    return "".join(w[0] for w in re.split(r"[_\W]+", key.lower()) if w)
+
+
+def nearest_key(key: str, known: list[str]) -> str | None:
+    """The known key a typo most likely meant: an abbreviation (``learning_rate`` → ``lr``),
+    a close spelling, or a key contained in the typo (or containing it)."""
+    k = key.lower()
+    for cand in known:
+        c = cand.lower()
+        if len(c) > 1 and (c == _initials(k) or _initials(c) == k):
+            return cand
+    close = difflib.get_close_matches(k, [c.lower() for c in known], n=1, cutoff=0.6)
+    if close:
+        return next(c for c in known if c.lower() == close[0])
+    inside = [c for c in known if len(c) > 2 and (c.lower() in k or k in c.lower())]
+    if inside:
+        return max(inside, key=len)
+    close = difflib.get_close_matches(k, [c.lower() for c in known], n=1, cutoff=0.4)
+    return next((c for c in known if c.lower() == close[0]), None) if close else None
+
+
+def unknown_key(path: str, key: str, known: list[str]) -> ConfigError:
+    where = f"{path}.{key}" if path else str(key)
+    guess = nearest_key(str(key), known)
+    hint = f"did you mean {guess}?" if guess else f"known keys: {', '.join(sorted(known))}"
+    return ConfigError(f"{where}: unknown key; {hint}")
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _node_keys(node: Any) -> list[str]:
+    if isinstance(node, DictConfig):
+        return [str(k) for k in node.keys()]
+    return [str(k) for k in dict(node).keys()]
+
+
+def _get_raw(node: Any, key: str) -> Any:
+    """A child without resolving interpolations (``???`` and ``${...}`` stay as they are)."""
+    if isinstance(node, DictConfig):
+        return node._get_node(key)
+    return dict(node)[key]
+
+
+def _is_missing_or_interp(value: Any) -> bool:
+    from omegaconf import Node
+
+    if isinstance(value, Node):
+        return value._is_missing() or value._is_interpolation()
+    return False
+
+
+def _value(value: Any) -> Any:
+    from omegaconf import Node
+
+    if isinstance(value, Node) and not isinstance(value, (DictConfig, ListConfig)):
+        return value._value()
+    return value
+
+
+def _union_args(tp: Any) -> tuple[Any, ...] | None:
+    origin = typing.get_origin(tp)
+    if origin is Union or origin is types.UnionType:
+        return typing.get_args(tp)
+    return None
+
+
+def check_keys(node: Any, tp: Any, path: str) -> None:
+    """Refuse keys of ``node`` (and of its sub-blocks) that ``tp`` does not declare.
+
+    Values are not resolved: a missing (``???``) or interpolated value is checked when it is
+    built (:func:`build`)."""
+    value = _value(node)
+    if value is None or _is_missing_or_interp(node):
+        return
+    args = _union_args(tp)
+    if args is not None:
+        for arg in args:
+            if arg is type(None):
+                continue
+            if _is_dataclass_type(arg) and _is_mapping(value):
+                return check_keys(value, arg, path)
+            if typing.get_origin(arg) is list and _is_sequence(value):
+                return check_keys(value, arg, path)
+        return
+    if _is_dataclass_type(tp):
+        if not _is_mapping(value):
+            return
+        hints = _hints(tp)
+        known = list(hints)
+        for key in _node_keys(value):
+            if key not in hints:
+                raise unknown_key(path, key, known)
+            check_keys(_get_raw(value, key), hints[key], f"{path}.{key}" if path else key)
+        return
+    if typing.get_origin(tp) is list and _is_sequence(value):
+        (item,) = typing.get_args(tp) or (Any,)
+        for i, v in enumerate(value):
+            raw = value._get_node(i) if isinstance(value, ListConfig) else v
+            check_keys(raw, item, f"{path}[{i}]")
+
+
+def _is_mapping(value: Any) -> bool:
+    return isinstance(value, (DictConfig, Mapping))
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, (ListConfig, list, tuple))
+
+
+def _container(node: Any) -> dict:
+    if OmegaConf.is_config(node):
+        try:
+            return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+        except Exception as exc:  # omegaconf's MissingMandatoryValue, InterpolationResolutionError
+            raise ConfigError(str(exc).splitlines()[0]) from None
+    return dict(node)
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """``value`` checked against ``tp`` (and nested dataclasses built)."""
+    if tp is Any:
+        return value
+    args = _union_args(tp)
+    if args is not None:
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{path}: a value is required")
+        errors = []
+        # dataclasses and containers before scalars, so a mapping builds its block
+        for arg in sorted(args, key=lambda a: not (_is_dataclass_type(a) or typing.get_origin(a))):
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        raise ConfigError(f"{path}: {value!r} fits no type of {tp}")
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a block of keys, got {value!r}")
+        return build(tp, value, path)
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        items = typing.get_args(tp)
+        if origin is tuple and items and items[-1] is not Ellipsis:
+            if len(items) != len(value):
+                raise ConfigError(f"{path}: expected {len(items)} values, got {value!r}")
+            pairs = enumerate(zip(items, value, strict=True))
+            return tuple(_coerce(v, t, f"{path}[{i}]") for i, (t, v) in pairs)
+        item = items[0] if items else Any
+        out = [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if tp is dict or origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{path}: expected null, got {value!r}")
+        return None
+    if value is None:
+        raise ConfigError(f"{path}: a value is required")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build(cls: type[T], node: Any, path: str = "") -> T:
+    """The dataclass ``cls`` from a config node or mapping: unknown keys refused (with the
+    nearest known key), interpolations resolved, types checked, nested blocks built."""
+    if dataclasses.is_dataclass(node) and isinstance(node, cls):
+        return node
+    check_keys(node, cls, path)
+    data = _container(node)
+    hints = _hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = f"{path}.{f.name}" if path else f.name
+        if f.name in data:
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key}: a value is required")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A settings object as plain JSON-able data (tuples as lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(obj))
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check every key of a composed config against the contract; return ``cfg``.
+
+    Raises :class:`ConfigError` at the first key no settings class declares (its full path and
+    the nearest known key) or a known block with an unknown sub-key."""
+    blocks = {**{k: None for k in ROOT_SCALARS}, **ROOT_BLOCKS, "stages": None}
+    for key in _node_keys(cfg):
+        if key not in blocks:
+            raise unknown_key("", key, list(blocks))
+    for key, tp in ROOT_BLOCKS.items():
+        if key in cfg:
+            check_keys(_get_raw(cfg, key), tp, key)
+    stages = cfg.get("stages") or {}
+    for name in _node_keys(stages):
+        if name not in STAGE_SETTINGS:
+            raise unknown_key("stages", name, list(STAGE_SETTINGS))
+        check_keys(_get_raw(stages, name), STAGE_SETTINGS[name], f"stages.{name}")
+    return cfg
+
+
+def stage(cfg: DictConfig, name: str) -> Any:
+    """The typed settings of ``stages.<name>``."""
+    return build(STAGE_SETTINGS[name], cfg.stages[name], f"stages.{name}")
+
+
+def model(cfg: DictConfig) -> ModelSettings:
+    return build(ModelSettings, cfg.model, "model")
+
+
+def data(cfg: DictConfig) -> DataSettings:
+    return build(DataSettings, cfg.data, "data")
+
+
+def pipeline(cfg: DictConfig) -> PipelineSettings:
+    return build(PipelineSettings, cfg.pipeline, "pipeline")
+
+
+def logging_settings(cfg: DictConfig) -> LoggingSettings:
+    return build(LoggingSettings, cfg.get("logging") or {}, "logging")
+
+
+def prompt(cfg: DictConfig) -> PromptConfig:
+    return build(PromptConfig, cfg.prompt, "prompt")

@@ -1,0 +1,169 @@
+"""The one-process pipeline: its plan follows the config, a rerun skips what is fresh, and a
+changed setting reruns exactly the steps that read it (and those after them that read those)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from arena_distill.config import compose
+from arena_distill.pipeline import model_paths_of, plan, read_state, run_pipeline
+from tests.stages.conftest import small_overrides
+
+
+def labels(overrides: list[str]) -> list[str]:
+    cfg = compose(overrides)
+    return [s.label for s in plan(cfg, model_paths_of(cfg, overrides))]
+
+
+def test_the_demo_plan_is_the_whole_recipe_in_order():
+    assert labels(["experiment=demo"]) == [
+        "demo_data",
+        "data",
+        "tiny_models",
+        "tokenize",
+        "pretrain tiny_llama",
+        "pretrain tiny_qwen2",
+        "pretrain tiny_gemma2",
+        "teacher tiny_llama",
+        "teacher tiny_qwen2",
+        "dump_logits tiny_llama",
+        "dump_logits tiny_qwen2",
+        "distill",
+        "merge",
+        "quantize",
+        "predict",
+        "holdout merged",
+        "holdout quantized",
+        "holdout fold_0",
+        "holdout fold_1",
+        "holdout fold_2",
+        "baselines",
+        "report",
+    ]
+
+
+def test_the_plan_follows_the_config():
+    real = ["experiment=cpu_real", "data.train.path=some.csv"]
+    # real files and models: no demo data, no tiny models; no pretraining, no test set
+    assert labels(real) == [
+        "data",
+        "tokenize",
+        "teacher minilm",
+        "dump_logits minilm",
+        "distill",
+        "merge",
+        "quantize",
+        "holdout merged",
+        "holdout quantized",
+        "holdout fold_0",
+        "holdout fold_1",
+        "holdout fold_2",
+        "baselines",
+        "report",
+    ]
+    more = labels(
+        [
+            *real,
+            "pipeline.ablate=true",
+            "stages.teacher.init_from_pretrain=true",
+            "stages.distill.init_from_pretrain=true",
+            "data.holdout_frac=0",
+        ]
+    )
+    assert more[:5] == [
+        "data",
+        "tokenize",
+        "pretrain minilm",
+        "pretrain minilm_l3",
+        "teacher minilm",
+    ]
+    assert "distill ce_only" in more and not any(x.startswith("holdout") for x in more)
+
+
+def test_steps_name_the_outputs_they_read():
+    cfg = compose(["experiment=demo"])
+    steps = {s.label: s for s in plan(cfg, model_paths_of(cfg, ["experiment=demo"]))}
+    assert steps["distill"].needs == (
+        "data",
+        "tiny_models",
+        "pretrain tiny_gemma2",
+        "dump_logits tiny_llama",
+        "dump_logits tiny_qwen2",
+    )
+    assert steps["holdout fold_1"].overrides[-2:] == (
+        "stages.predict.adapter_dir=${stages.distill.out_dir}/fold_1/adapter",
+        "stages.predict.out_dir=${run_dir}/holdout/fold_1",
+    )
+    assert set(steps["report"].needs) == set(steps) - {"report"}
+
+
+def test_only_refuses_an_unknown_step():
+    with pytest.raises(Exception, match="not steps of this pipeline"):
+        run_pipeline(["experiment=demo"], only=["teachers"], dry_run=True)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """The whole chain once on a small demo (one teacher, 2 folds), in one process."""
+    root = tmp_path_factory.mktemp("pipeline")
+    overrides = [
+        *small_overrides(root),
+        "pipeline.teachers=[tiny_llama]",
+        "pipeline.student=tiny_qwen2",
+        "data.folds.n_folds=2",
+        "stages.teacher.epochs=1",
+        "stages.distill.epochs=1",
+        "stages.pretrain.epochs=1",
+        "stages.quantize.n_calibration=8",
+    ]
+    records = run_pipeline(overrides)
+    return root, overrides, records
+
+
+def test_the_chain_runs_every_stage_and_writes_the_report(chain):
+    root, overrides, records = chain
+    assert [r["status"] for r in records] == ["ran"] * len(records)
+    run_dir = root / "runs" / "demo"
+    metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
+    assert {"teacher/tiny_llama", "student/tiny_qwen2"} <= set(metrics["oof_log_loss"])
+    assert {"merged", "quantized", "folds_mean"} <= set(metrics["holdout_log_loss"])
+    assert (run_dir / "predictions" / "submission.csv").is_file()
+    # Hydra's log layout, which scripts/package_kaggle.py reads
+    assert list((run_dir / "logs" / "quantize").glob("*/.hydra/config.yaml"))
+    state = read_state(run_dir)
+    assert set(state) == {r["label"] for r in records}
+    assert all(s["manifest_sha256"] for s in state.values())
+
+
+def test_a_rerun_skips_everything_fresh_and_a_change_reruns_what_reads_it(chain):
+    root, overrides, records = chain
+    again = run_pipeline(overrides)
+    assert {r["status"] for r in again} == {"skipped"}
+    # the report reads nothing the baselines read: only it runs again
+    changed = run_pipeline([*overrides, "stages.report.n_len_buckets=3"])
+    ran = [r["label"] for r in changed if r["status"] == "ran"]
+    assert ran == ["report"]
+    # a baseline setting: the baselines, and the report that reads them
+    changed = run_pipeline([*overrides, "stages.report.n_len_buckets=3", "stages.baselines.c=0.5"])
+    assert [r["label"] for r in changed if r["status"] == "ran"] == ["baselines", "report"]
+    # an output touched behind the pipeline's back is not trusted
+    manifest = root / "runs" / "demo" / "merged" / "manifest.json"
+    manifest.write_text(manifest.read_text() + " ")
+    changed = run_pipeline([*overrides, "stages.report.n_len_buckets=3", "stages.baselines.c=0.5"])
+    ran = [r["label"] for r in changed if r["status"] == "ran"]
+    assert ran == ["merge", "quantize", "predict", "holdout merged", "holdout quantized", "report"]
+
+
+def test_a_stage_command_and_the_pipeline_step_write_the_same_files(chain):
+    """The pipeline step is the stage: same output files (a predict step against the stage)."""
+    from arena_distill.stages import predict
+
+    root, overrides, _ = chain
+    out = Path(root) / "solo-predict"
+    predict.run(compose([*overrides, "model=tiny_qwen2", f"stages.predict.out_dir={out}"]))
+    mine = sorted(p.name for p in out.iterdir())
+    theirs = sorted(p.name for p in (root / "runs" / "demo" / "predictions").iterdir())
+    assert mine == theirs
