@@ -19,6 +19,7 @@ from arena_distill.report import (
     COST_KEYS,
     FOLDS_MEAN,
     METRICS_KEYS,
+    SECTIONS,
     ReportError,
     StagePredictions,
     bucket_features,
@@ -522,3 +523,69 @@ def test_merge_warnings_flag_a_merge_that_lost_what_the_folds_learned(tmp_path):
     assert m["warnings"] == merge_warnings(m["holdout_log_loss"], m["holdout_prior_log_loss"])
     doc = render_report({**m, "warnings": ["the folds diverged"]}, plots=False)
     assert "**Warning.** the folds diverged" in doc.markdown()
+
+
+# the report's top-level headings, one section function each (None: before the first heading)
+REPORT_SECTIONS = {
+    "section_intro": None,
+    "section_warnings": None,
+    "section_prior": "Floor to beat: the class prior",
+    "section_oof": "Out-of-fold scores (per-fold models, cv rows)",
+    "section_tta": "Swap-TTA gain",
+    "section_gains": "Distillation, merge and quantization",
+    "section_temperature": "Temperature scaling (OOF)",
+    "section_holdout": "Holdout scores (whole-data models, same rows)",
+    "section_buckets": "Log loss by bucket (OOF)",
+    "section_calibration": "Calibration (reliability diagrams)",
+    "section_cost": "Cost",
+    "section_data": "Data",
+}
+
+
+def test_render_report_is_its_section_functions_in_order(synthetic):
+    root, _ = synthetic
+    _manifest(root / "data", "data", {"seconds": 1.5, "peak_rss_mb": 210.3})
+    m = build_metrics(load_run(root), temperature_scaling=True)
+    m["warnings"] = ["the folds diverged"]
+    assert m["recipe_gains"] and m["tta_gain"] and m["cost"]  # every section has something
+    assert [f.__name__ for f in SECTIONS] == list(REPORT_SECTIONS)
+    by_name = {f.__name__: f for f in SECTIONS}
+    sections = {name: f(m, plots=False) for name, f in by_name.items()}
+    # the calibration section is plots only: one stage's diagram stands for all
+    one_calib = {**m, "calibration": dict(list(m["calibration"].items())[:1])}
+    calib = dict(
+        sections, section_calibration=by_name["section_calibration"](one_calib, plots=True)
+    )
+    for name, heading in REPORT_SECTIONS.items():
+        sec = calib[name]
+        md = sec.markdown()
+        assert isinstance(md, str) and sec.heading == heading, name
+        if heading is not None:
+            assert md.startswith(f"## {heading}\n\n"), name
+            assert "\n| " in md or "![" in md, name  # a table or a plot under the heading
+            # one top-level heading per section (the buckets: OOF, then holdout)
+            assert md.count("\n## ") == (1 if name == "section_buckets" else 0), name
+    assert sections["section_intro"].markdown().startswith("Generated ")
+    assert sections["section_warnings"].markdown() == "**Warning.** the folds diverged\n"
+    assert "## Log loss by bucket (holdout)" in sections["section_buckets"].markdown()
+    assert "](plots/reliability_oof_teacher_m.png)" in calib["section_calibration"].markdown()
+
+    doc = render_report(m, title="t", plots=False)
+    # the document is the sections' blocks in order (the intro's timestamp may differ)
+    assert doc.blocks[0][1].startswith("Generated ")
+    assert doc.blocks[1:] == [
+        b for name in list(REPORT_SECTIONS)[1:] for b in sections[name].blocks
+    ]
+    body = [line for sec in sections.values() for line in sec.markdown_lines()]
+    lines = doc.markdown().split("\n")
+    assert lines[:2] == ["# t", ""] and lines[4:] == body[2:]  # after title and intro
+
+    # without their data the optional sections are empty and leave no heading behind
+    bare = {**m, "tta_gain": {}, "holdout_tta_gain": {}, "recipe_gains": [], "warnings": []}
+    bare["temperature_scaled"] = {}
+    for name in ("section_warnings", "section_tta", "section_gains", "section_temperature"):
+        assert by_name[name](bare, plots=True).markdown() == "", name
+    assert sections["section_calibration"].markdown() == ""  # calibration: plots only
+    md = render_report(bare, plots=False).markdown()
+    assert "## Swap-TTA gain" not in md and "## Temperature scaling" not in md
+    assert md.index("## Out-of-fold scores") < md.index("## Holdout scores") < md.index("## Cost")
