@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from arena_distill.data.folds import read_folds
 from arena_distill.data.tableio import load_table
 from arena_distill.io import file_sha256, require_stage_output
-from arena_distill.text import PromptConfig, encoding_map, tokenize_both_orientations
+from arena_distill.text import PromptConfig
+from arena_distill.tokens import encoding_map, tokenize_both_orientations
 
 
 @dataclass

@@ -63,7 +63,8 @@ from arena_distill.predict import (
 )
 from arena_distill.stages.common import data_key, prompt_config
 from arena_distill.submission import read_submission, write_submission
-from arena_distill.text import PromptConfig, encoding_map, tokenize_both_orientations
+from arena_distill.text import PromptConfig
+from arena_distill.tokens import encoding_map, tokenize_both_orientations
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,8 @@ from arena_distill.io import (
     write_json,
     write_manifest,
 )
-from arena_distill.text import PromptConfig, tokenize_both_orientations
+from arena_distill.text import PromptConfig
+from arena_distill.tokens import tokenize_both_orientations
 
 log = logging.getLogger(__name__)
 
