@@ -1,4 +1,5 @@
-"""Tests for arena_distill.text: template, truncation rules, batch tokenisation and the cache."""
+"""Tests for arena_distill.text (template, truncation rules, batch tokenisation) and
+arena_distill.tokens (fingerprints, cache key, the on-disk cache)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from arena_distill import text as T
+from arena_distill import tokens as K
 from arena_distill.data.schema import DataError
 from arena_distill.text import (
     PromptConfig,
@@ -28,9 +30,9 @@ from arena_distill.text import (
     render_text,
     share_answers,
     template_pieces,
-    tokenize_cached,
     truncate_turns,
 )
+from arena_distill.tokens import cache_key, tokenize_cached
 
 WORDS = (
     "the a of and to in is it you that he was for on are with as I his they be at one have "
@@ -547,7 +549,7 @@ def test_tokenize_cached_hit_and_misses(tmp_path, bpe_tok, bert_tok, monkeypatch
         raise AssertionError("tokenizer called on a cache hit")
 
     with monkeypatch.context() as m:
-        m.setattr(T, "encode_table", boom)
+        m.setattr(K, "encode_table", boom)
         second = tokenize_cached(df, bpe_tok, cfg, cache_dir=tmp_path)
     assert second.attrs["cache_hit"] is True
     assert second["id"].tolist() == first["id"].tolist() == ["0", "1", "2"]
@@ -579,15 +581,53 @@ def test_tokenize_cached_hit_and_misses(tmp_path, bpe_tok, bert_tok, monkeypatch
 
 def test_fingerprints_are_stable_and_sensitive(bpe_tok, bert_tok):
     df = make_df([(["a"], ["b"], ["c"])])
-    assert T.table_fingerprint(df) == T.table_fingerprint(df.copy())
-    assert T.table_fingerprint(df) != T.table_fingerprint(make_df([(["a"], ["bc"], [""])]))
-    assert T.table_fingerprint(df) != T.table_fingerprint(
+    assert K.table_fingerprint(df) == K.table_fingerprint(df.copy())
+    assert K.table_fingerprint(df) != K.table_fingerprint(make_df([(["a"], ["bc"], [""])]))
+    assert K.table_fingerprint(df) != K.table_fingerprint(
         make_df([(["a", ""], ["b", ""], ["c", ""])])
     )
-    assert T.tokenizer_fingerprint(bpe_tok) == T.tokenizer_fingerprint(bpe_tok)
-    assert T.tokenizer_fingerprint(bpe_tok) != T.tokenizer_fingerprint(bert_tok)
+    assert K.tokenizer_fingerprint(bpe_tok) == K.tokenizer_fingerprint(bpe_tok)
+    assert K.tokenizer_fingerprint(bpe_tok) != K.tokenizer_fingerprint(bert_tok)
     # Lone surrogates (present in Kaggle data) do not break hashing.
-    T.table_fingerprint(make_df([(["\ud83d"], ["x"], ["y"])]))
+    K.table_fingerprint(make_df([(["\ud83d"], ["x"], ["y"])]))
+
+
+def test_cache_key_is_pinned():
+    """The cache key of a fixed table, tokenizer and config is a known string: moving or
+    refactoring the cache code must not silently invalidate every token cache on disk."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<bos>", "<eos>", "<pad>", "hello", "world", "a", "b"]
+    tk = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    df = pd.DataFrame(
+        {
+            "id": ["r1", "r2"],
+            "prompt": [["hello world"], ["a", "b é"]],
+            "response_a": [["a"], ["b", ""]],
+            "response_b": [["world"], ["hello", "\ud83d"]],
+        }
+    )
+    # Computed with the code as it was before text.py was split (tokens.py did not exist).
+    assert K.FORMAT_VERSION == 1
+    assert K.table_fingerprint(df) == (
+        "598edcf933e85e58b06540a48c78d29719f9a5bbbf220098c4be744b2707c303"
+    )
+    assert cache_key(df, tokenizer, PromptConfig(max_length=64)) == (
+        "d23ebb0189846ea878cd1a1a96f8a33a8eb796f88780e71232938c211e396615"
+    )
+    cfg = PromptConfig(mode="multi_turn", length_hint="({words}) ")
+    assert cache_key(df, tokenizer, cfg, data_key="kaggle-v1") == (
+        "456cc18717a145e602f7e6eccbb6516cff8e57576c57be0b562f19353a42726a"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from omegaconf import DictConfig
 from arena_distill import settings as config
 from arena_distill.io import file_sha256
 from arena_distill.layout import EXTRA, FOLDS, TEST, TRAIN, RunData
-from arena_distill.text import PromptConfig, encoding_map, tokenize_both_orientations
+from arena_distill.text import PromptConfig
+from arena_distill.tokens import encoding_map, tokenize_both_orientations
 
 Encodings = dict[tuple[str, bool], list[int]]
 

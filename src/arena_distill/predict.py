@@ -55,7 +55,8 @@ from arena_distill.layout import (
 from arena_distill.metrics import accuracy, inference_throughput, log_loss, probs_from_logits
 from arena_distill.settings import EMPTY_A, IDENTICAL, PredictSettings
 from arena_distill.submission import read_submission, write_submission
-from arena_distill.text import PromptConfig, encoding_map, tokenize_both_orientations
+from arena_distill.text import PromptConfig
+from arena_distill.tokens import encoding_map, tokenize_both_orientations
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from arena_distill.metrics import probs_from_logits
 from arena_distill.models.factory import load_for_inference
 from arena_distill.stages import predict
 from arena_distill.submission import read_submission, validate_submission
-from arena_distill.text import encoding_map, tokenize_both_orientations
+from arena_distill.tokens import encoding_map, tokenize_both_orientations
 from tests.stages.conftest import small_cfg
 
 

@@ -37,7 +37,7 @@ from arena_distill.io import (
 )
 from arena_distill.layout import EXTRA, FOLDS, HOLDOUT, PRETRAIN, TEST, TRAIN, read_run_data
 from arena_distill.models.factory import load_tokenizer
-from arena_distill.text import tokenize_both_orientations
+from arena_distill.tokens import tokenize_both_orientations
 
 log = logging.getLogger(__name__)
 
