@@ -268,12 +268,19 @@ class Progress:
     t0: float = field(default_factory=time.perf_counter)
     done: set[str] = field(default_factory=set)
 
+    ran: dict[str, float] = field(default_factory=dict)  # seconds of the steps run so far
+
     def expected(self, step: Step) -> float:
         seconds = (self.previous.get(step.label) or {}).get("seconds")
         return float(seconds) if seconds else TYPICAL_SECONDS.get(step.stage, 10.0)
 
-    def left(self, current: Step | None = None) -> float:
-        return sum(self.expected(s) for s in self.steps if s.label not in self.done)
+    def left(self) -> float:
+        """The expected seconds of the steps not done yet, scaled by how this run's steps
+        compared with their expectation so far (a slower machine, a bigger config)."""
+        rest = sum(self.expected(s) for s in self.steps if s.label not in self.done)
+        by_label = {s.label: s for s in self.steps}
+        expected = sum(self.expected(by_label[k]) for k in self.ran)
+        return rest * (sum(self.ran.values()) / expected if expected > 0 else 1.0)
 
     def line(self, i: int, step: Step, what: str) -> str:
         elapsed = time.perf_counter() - self.t0
@@ -359,6 +366,7 @@ def run_pipeline(
         log.info(progress.line(i, step, "running"))
         seconds = run_step(step, step_cfg, step_overrides)
         progress.done.add(step.label)
+        progress.ran[step.label] = seconds
         state[step.label] = {
             "stage": step.stage,
             "key": key,

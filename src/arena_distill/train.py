@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import SequentialSampler
-from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from arena_distill.collate import PreferenceCollator
 from arena_distill.losses import LossFn, cross_entropy
-from arena_distill.metrics import classification_metrics
+from arena_distill.metrics import classification_metrics, log_loss_from_logits
 from arena_distill.settings import SWAP_MODES, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -108,10 +107,10 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
 
 
 class PreferenceTrainer(Trainer):
-    """``Trainer`` with a pluggable loss and evaluation in dataset order.
+    """``Trainer`` with a pluggable loss and the project's inference engine for validation.
 
-    Training batches go through ``loss_fn``; evaluation always reports plain cross-entropy on
-    the hard labels (the competition metric is computed from the returned logits).
+    Training batches go through ``loss_fn``; evaluation reports the competition metric and
+    plain cross-entropy on the hard labels (``evaluate``).
     """
 
     def __init__(
@@ -176,12 +175,40 @@ class PreferenceTrainer(Trainer):
             seed,
         )
 
-    def _get_eval_sampler(self, eval_dataset):
-        # Length grouping would shuffle evaluation; predictions must stay in dataset order
-        # (callers sort by length beforehand when they want speed).
-        if self.args.world_size <= 1:
-            return SequentialSampler(eval_dataset)
-        return None
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """Validation through the project's one inference path (``inference.predict_logits``:
+        length-sorted batches, the collator's padding), not the Trainer's loop: log loss,
+        accuracy and the cross-entropy ``loss`` of the hard labels, as ``<prefix>_<name>``.
+
+        Every process scores every row (under DDP / ZeRO the forward runs in lockstep), so
+        the best-checkpoint choice is the same on every rank."""
+        import time
+
+        from arena_distill.inference import predict_logits
+
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        start = time.perf_counter()
+        was_training = self.model.training
+        self.model.eval()
+        run = predict_logits(
+            self.model,
+            [e["input_ids"] for e in dataset],
+            pad_token_id=int(self.data_collator.pad_token_id),
+            batch_size=self.args.per_device_eval_batch_size,
+            progress=False,
+        )
+        self.model.train(was_training)
+        labels = [e["labels"] for e in dataset]
+        scores = classification_metrics(run.logits, labels)
+        scores["loss"] = log_loss_from_logits(run.logits, labels)
+        seconds = time.perf_counter() - start
+        scores.update(runtime=round(seconds, 4), samples_per_second=round(len(labels) / seconds, 3))
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in scores.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(
+            self.args, self.state, self.control, metrics
+        )
+        return metrics
 
 
 def head_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -192,11 +219,6 @@ def head_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
     name = head_name(model)
     return [p for n, p in model.named_parameters() if p.requires_grad and is_head_key(n, name)]
-
-
-def _compute_metrics(pred: EvalPrediction) -> dict[str, float]:
-    logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-    return classification_metrics(logits, pred.label_ids)
 
 
 class SimulatedKill(RuntimeError):
@@ -336,7 +358,6 @@ def fit(
         train_dataset=train_examples,
         eval_dataset=eval_examples or None,
         data_collator=collator,
-        compute_metrics=_compute_metrics if eval_examples else None,
         loss_fn=loss_fn,
         head_lr=settings.head_lr,
         callbacks=list(callbacks) or None,

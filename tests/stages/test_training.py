@@ -287,3 +287,30 @@ def test_two_processes_with_torchrun(run):
     # 2 processes x 16 rows per step: half the single-process steps
     assert metrics["steps"] == int(np.ceil(metrics["train_examples"] / 32))
     assert "world_size" not in metrics or metrics["world_size"] == 2
+
+
+def test_tensorboard_tracking_writes_event_files_into_the_run_folder(run):
+    """``logging.report_to=tensorboard``: the Trainer's logs land in
+    ``logging.tensorboard_dir/<stage>/<model>/<fold>``; a missing integration is refused."""
+    from arena_distill.train import tracking_callbacks
+
+    root, cfg = run
+    cfg2 = small_cfg(root, "logging.report_to=tensorboard", f"logging.tensorboard_dir={root}/tb")
+    tracking = tracking_callbacks(cfg2, "teacher", "fold_0")
+    assert tracking.report_to == [] and len(tracking.callbacks) == 1
+    assert tracking.tensorboard_dir == root / "tb" / "teacher" / "tiny_llama" / "fold_0"
+    rd = load_run_data(cfg)
+    model, tok = build_model(cfg.model, train=True)
+    enc = labelled_encodings(cfg, rd, tok)
+    rows = rd.train.iloc[:32]
+    examples = make_examples(
+        rows["id"].tolist(), rows["label"].astype(int).tolist(), enc, swap="none"
+    )
+    settings = TrainSettings(
+        max_steps=2, global_batch_size=16, per_device_batch_size=16, logging_steps=1
+    )
+    fit(model, tok, examples, None, settings, root / "tb-work", callbacks=tracking.callbacks)
+    events = list(tracking.tensorboard_dir.glob("events.out.tfevents.*"))
+    assert len(events) == 1 and b"train/loss" in events[0].read_bytes()
+    with pytest.raises(RuntimeError, match="needs the wandb package"):
+        tracking_callbacks(small_cfg(root, "logging.report_to=[wandb]"), "teacher")
