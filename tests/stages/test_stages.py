@@ -99,14 +99,36 @@ def compose_model_path(cfg, name: str) -> str:
     ).model.name_or_path
 
 
-def test_tokenize_stage(demo_run):
+def test_tokenize_stage_fills_the_cache_the_later_stages_read(demo_run):
+    """The tokenize stage encodes every table at the budget of the stage that reads it, with
+    that stage's tokenizer loader and data key: the training stages and the predict stage
+    then find every encoding in the cache (no new cache file, cache hits)."""
+    from arena_distill.encode import cache_dir, labelled_encodings, prompt_config, test_key
+    from arena_distill.layout import load_run_data
+    from arena_distill.models.factory import load_tokenizer
+    from arena_distill.tokens import tokenize_both_orientations
+
     _, cfg, data_dir, _, tokens_dir = demo_run
-    enc = pd.read_parquet(tokens_dir / "train.parquet")
-    assert len(enc) == 2 * 240 and enc.groupby("id")["swapped"].nunique().eq(2).all()
-    assert enc["length"].max() <= cfg.prompt.max_length
-    assert (enc["input_ids"].map(len) == enc["length"]).all()
     stats = json.loads((tokens_dir / "stats.json").read_text())
-    assert stats["train"]["rows"] == 480 and stats["test"]["rows"] == 80
+    budget = cfg.prompt.max_length  # the demo's stages use the prompt's budget
+    run = load_run_data(cfg)
+    labelled, holdout = len(run.labelled), len(run.rows("holdout"))
+    assert holdout > 0 and labelled == 240  # train rows (cv and holdout), no extra set
+    # both orientations of every table
+    assert stats[f"train@{budget}"]["rows"] == 2 * labelled
+    assert stats[f"pretrain@{budget}"]["rows"] == 2 * 60
+    assert stats[f"test@{budget}"]["rows"] == 2 * 40
+    assert stats[f"holdout@{budget}"]["rows"] == 2 * holdout
+    assert stats[f"train@{budget}"]["max"] <= budget
+    files = sorted(cache_dir(cfg).glob("*.parquet"))
+    tok = load_tokenizer(cfg.model)
+    enc = labelled_encodings(cfg, run, tok, cfg.stages.teacher.max_length)
+    assert len(enc) == 2 * labelled
+    test = load_table(data_dir / "test.parquet")
+    tokenize_both_orientations(
+        test, tok, prompt_config(cfg), cache_dir=cache_dir(cfg), data_key=test_key(data_dir)
+    )
+    assert sorted(cache_dir(cfg).glob("*.parquet")) == files  # nothing new was encoded
 
 
 def test_stage_refuses_missing_input(tmp_path):
