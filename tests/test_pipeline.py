@@ -32,6 +32,7 @@ def test_the_demo_plan_is_the_whole_recipe_in_order():
         "dump_logits tiny_llama",
         "dump_logits tiny_qwen2",
         "distill",
+        "distill ce_only",
         "merge",
         "quantize",
         "predict",

@@ -538,6 +538,7 @@ REPORT_SECTIONS = {
     "section_buckets": "Log loss by bucket (OOF)",
     "section_calibration": "Calibration (reliability diagrams)",
     "section_cost": "Cost",
+    "section_training_logs": "Training logs",
     "section_data": "Data",
 }
 
@@ -547,6 +548,10 @@ def test_render_report_is_its_section_functions_in_order(synthetic):
     _manifest(root / "data", "data", {"seconds": 1.5, "peak_rss_mb": 210.3})
     m = build_metrics(load_run(root), temperature_scaling=True)
     m["warnings"] = ["the folds diverged"]
+    m["training_logs"] = {
+        "tensorboard_dir": "runs/x/tensorboard",
+        "runs": [{"run": "a", "files": 1}],
+    }
     assert m["recipe_gains"] and m["tta_gain"] and m["cost"]  # every section has something
     assert [f.__name__ for f in SECTIONS] == list(REPORT_SECTIONS)
     by_name = {f.__name__: f for f in SECTIONS}
@@ -582,10 +587,39 @@ def test_render_report_is_its_section_functions_in_order(synthetic):
 
     # without their data the optional sections are empty and leave no heading behind
     bare = {**m, "tta_gain": {}, "holdout_tta_gain": {}, "recipe_gains": [], "warnings": []}
+    bare["training_logs"] = None
     bare["temperature_scaled"] = {}
-    for name in ("section_warnings", "section_tta", "section_gains", "section_temperature"):
+    for name in (
+        "section_warnings",
+        "section_tta",
+        "section_gains",
+        "section_temperature",
+        "section_training_logs",
+    ):
         assert by_name[name](bare, plots=True).markdown() == "", name
     assert sections["section_calibration"].markdown() == ""  # calibration: plots only
     md = render_report(bare, plots=False).markdown()
     assert "## Swap-TTA gain" not in md and "## Temperature scaling" not in md
     assert md.index("## Out-of-fold scores") < md.index("## Holdout scores") < md.index("## Cost")
+
+
+def test_the_report_links_the_tensorboard_runs_it_finds(synthetic, tmp_path):
+    root, _ = synthetic
+    tb = tmp_path / "tb"
+    for run in ("teacher/m/fold_0", "teacher/m/fold_1", "pretrain/m"):
+        (tb / run).mkdir(parents=True)
+        (tb / run / "events.out.tfevents.1.host").write_bytes(b"x")
+    (tb / "empty").mkdir()
+    m = write_report(load_run(root), tmp_path / "out", plots=False, tensorboard_dir=tb)
+    assert m["training_logs"] == {
+        "tensorboard_dir": str(tb),
+        "runs": [
+            {"run": "pretrain/m", "files": 1},
+            {"run": "teacher/m/fold_0", "files": 1},
+            {"run": "teacher/m/fold_1", "files": 1},
+        ],
+    }
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert f"`tensorboard --logdir {tb}`" in md and "| teacher/m/fold_1 | 1 |" in md
+    plain = write_report(load_run(root), tmp_path / "out2", plots=False, tensorboard_dir=None)
+    assert "training_logs" not in plain

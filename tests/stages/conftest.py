@@ -43,6 +43,7 @@ def small_overrides(root: Path) -> list[str]:
         "stages.tiny_models.num_kv_heads=1",
         "stages.tiny_models.intermediate_size=128",
         "prompt.max_length=128",
+        "data.holdout_frac=0.1",
         *train,
     ]
 

@@ -29,6 +29,7 @@ def demo_cfg(tmp_path, *extra: str):
             "stages.demo_data.n_test=40",
             "stages.demo_data.n_pretrain=60",
             "stages.tiny_models.vocab_size=512",
+            "data.holdout_frac=0.1",
             *extra,
         ]
     )

@@ -348,6 +348,22 @@ def section_data(m: Mapping, *, plots: bool) -> Section:
 
 
 # the report's sections, in order: each ``(metrics, *, plots) -> Section``
+def section_training_logs(m: Mapping, *, plots: bool) -> Section:
+    """Where the training stages' TensorBoard event files are (``logging.report_to``); none:
+    empty."""
+    s = Section()
+    logs = m.get("training_logs") or {}
+    if not logs.get("runs"):
+        return s
+    s.h("Training logs")
+    s.p(
+        f"TensorBoard event files of {len(logs['runs'])} training runs under "
+        f"`{logs['tensorboard_dir']}` (`tensorboard --logdir {logs['tensorboard_dir']}`):"
+    )
+    s.table(["run", "event files"], [[r["run"], r["files"]] for r in logs["runs"]])
+    return s
+
+
 SECTIONS = (
     section_intro,
     section_warnings,
@@ -360,6 +376,7 @@ SECTIONS = (
     section_buckets,
     section_calibration,
     section_cost,
+    section_training_logs,
     section_data,
 )
 
@@ -382,9 +399,12 @@ def write_report(
     n_len_buckets: int = 5,
     n_calibration_bins: int = 10,
     plots: bool = True,
+    tensorboard_dir: str | Path | None = None,
 ) -> dict:
     """``metrics.json``, ``report.md``, ``report.html`` and ``plots/`` into ``out_dir``
-    (not atomic: the stage writes into a temporary folder). Returns the metrics."""
+    (not atomic: the stage writes into a temporary folder). Returns the metrics.
+    ``tensorboard_dir``: where the training stages wrote TensorBoard event files, if they
+    did (``training_logs`` in the metrics, a "Training logs" section)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = build_metrics(
@@ -393,8 +413,25 @@ def write_report(
         n_len_buckets=n_len_buckets,
         n_calibration_bins=n_calibration_bins,
     )
+    logs = training_logs(tensorboard_dir)
+    if logs:
+        metrics["training_logs"] = logs
     write_json(out_dir / "metrics.json", metrics)
     render_report(metrics, title=f"arena-distill report: {run.run_dir.name}", plots=plots).write(
         out_dir, "report"
     )
     return metrics
+
+
+def training_logs(tensorboard_dir: str | Path | None) -> dict | None:
+    """The TensorBoard runs under ``tensorboard_dir``: one per folder holding event files."""
+    if tensorboard_dir is None or not Path(tensorboard_dir).is_dir():
+        return None
+    root = Path(tensorboard_dir)
+    runs: dict[str, int] = {}
+    for f in sorted(root.rglob("events.out.tfevents.*")):
+        key = f.parent.relative_to(root).as_posix()
+        runs[key] = runs.get(key, 0) + 1
+    if not runs:
+        return None
+    return {"tensorboard_dir": str(root), "runs": [{"run": k, "files": v} for k, v in runs.items()]}

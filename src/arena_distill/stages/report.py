@@ -61,6 +61,7 @@ def run(cfg: DictConfig) -> Path:
             n_len_buckets=settings.n_len_buckets,
             n_calibration_bins=settings.n_calibration_bins,
             plots=plots,
+            tensorboard_dir=config.logging_settings(cfg).tensorboard_dir,
         )
         timer.lap("report")
         outputs = {
