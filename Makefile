@@ -26,7 +26,7 @@ FOLD_ARG = $(if $(FOLD),stages.teacher.folds=$(FOLD))
 DISTILL_FOLD_ARG = $(if $(FOLD),stages.distill.folds=$(FOLD))
 
 .PHONY: help setup test test-slow test-all lint format demo pipeline demo-data data tiny-models tokenize \
-	pretrain train-teacher dump-logits distill merge quantize predict predict-holdout baselines report kaggle-package clean
+	pretrain train-teacher dump-logits distill merge quantize predict predict-holdout baselines report plan kaggle-package clean
 
 help:
 	@echo "make setup      create $(VENV) and install the package with the dev extra"
@@ -40,6 +40,7 @@ help:
 	@echo "stages (ARGS=\"hydra overrides\"): demo-data data tiny-models tokenize"
 	@echo "  pretrain train-teacher dump-logits distill (MODEL=name, FOLD=k, LAUNCH=\"accelerate launch ...\")"
 	@echo "  merge quantize predict predict-holdout baselines report kaggle-package"
+	@echo "make plan       projected prediction time on a device (stages.plan.*: lengths, rows, device)"
 
 setup: $(STAMP)
 
@@ -116,6 +117,11 @@ baselines: setup
 
 report: setup
 	$(STAGE) report $(ARGS)
+
+# projected prediction time of the predict settings on a device (no GPU needed), e.g.
+#   make plan ARGS="experiment=first_place stages.plan.lengths=../shared/gpu/lengths.json stages.plan.rows=25000"
+plan: setup
+	$(STAGE) plan $(ARGS)
 
 # the model folder, the wheels and dataset-metadata.json for a Kaggle dataset, e.g.
 #   make kaggle-package KAGGLE_ARGS="--run-dir runs/first_place --out dist/kaggle --kaggle-user me"

@@ -234,7 +234,7 @@ TOKENS = {REQ: 4000.0, SHORT: 2000.0, SHORT_NO_TTA: 1000.0, Plan(2000, False): 2
 
 
 def decide(budget_s, **kw):
-    args = dict(requested=REQ, tokens=TOKENS, tokens_per_s=100.0, fallback_max_length=1024)
+    args = dict(requested=REQ, work=TOKENS, work_per_s=100.0, fallback_max_length=1024)
     return guard_decision(budget_s=budget_s, **{**args, **kw})
 
 
@@ -272,7 +272,7 @@ def test_guard_counts_elapsed_time_and_parallel_devices():
     assert decide(40.0, elapsed_s=5.0).plan == SHORT
     assert decide(20.0, n_devices=2).plan == REQ
     with pytest.raises(ValueError):
-        decide(1.0, tokens_per_s=0.0)
+        decide(1.0, work_per_s=0.0)
 
 
 def test_plan_tokens_caps_lengths_at_the_plan_budget():

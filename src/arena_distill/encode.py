@@ -17,8 +17,10 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from arena_distill import settings as config
-from arena_distill.io import file_sha256
-from arena_distill.layout import EXTRA, FOLDS, TEST, TRAIN, RunData
+from arena_distill.data.folds import read_folds
+from arena_distill.data.tableio import load_table
+from arena_distill.io import StageInputError, file_sha256
+from arena_distill.layout import EXTRA, FOLDS, HOLDOUT, TEST, TRAIN, RunData, rows_in_split
 from arena_distill.text import PromptConfig
 from arena_distill.tokens import encoding_map, tokenize_both_orientations
 
@@ -68,3 +70,18 @@ def labelled_encodings(
     config and a stage's own token budget; the key every training-side stage shares."""
     key = labelled_key(run.data_dir)
     return encodings(run.labelled, tokenizer, prompt_config(cfg, max_length), cfg, key)
+
+
+def rows_to_predict(data_dir: Path, split: str) -> tuple[pd.DataFrame, list[Path], str]:
+    """The rows of ``split`` (``test``: ``test.parquet``; ``holdout``: the labelled holdout
+    rows), the files they came from and their token-cache key."""
+    if split == "test":
+        path = data_dir / TEST
+        if not path.exists():
+            raise StageInputError(f"{path} is missing: the data config has no test set")
+        return load_table(path), [path], test_key(data_dir)
+    train, folds_path = data_dir / TRAIN, data_dir / FOLDS
+    rows = rows_in_split(load_table(train), read_folds(folds_path), HOLDOUT)
+    if rows.empty:
+        raise StageInputError(f"{folds_path} has no holdout rows (data.holdout_frac is 0?)")
+    return rows, [train, folds_path], holdout_key(data_dir)

@@ -177,8 +177,11 @@ def measure_throughput(
     max_tokens: int | None,
     n_batches: int = 4,
     device: str | torch.device | None = None,
+    flops=None,
 ) -> dict[str, float]:
-    """Padded tokens/s on the first (longest) ``n_batches`` batches of ``sequences``.
+    """Padded tokens/s on the first (longest) ``n_batches`` batches of ``sequences``, and
+    FLOP/s when ``flops(length)`` (a sequence's forward FLOPs, ``planner.Architecture.flops``)
+    is given.
 
     With 2+ batches the first one is a warm-up (CUDA kernels, allocator) and not timed.
     """
@@ -188,13 +191,21 @@ def measure_throughput(
     if warm:
         predict_logits(model, sequences, max_batches=1, **kw)
     # the warm-up batch is timed again: its rows are the longest, so this stays conservative
-    run = predict_logits(model, sequences, max_batches=max(n_batches - warm, 1), **kw)
-    return {
+    timed = max(n_batches - warm, 1)
+    run = predict_logits(model, sequences, max_batches=timed, **kw)
+    out = {
         "padded_tokens_per_s": run.padded_per_s,
         "tokens_per_s": run.tokens_per_s,
         "batches": run.batches,
         "seconds": run.seconds,
     }
+    if flops is not None and len(sequences):
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+        budget = max_tokens if max_tokens is not None else batch_size * int(lengths.max())
+        batches = make_batches(lengths, batch_size, budget)[:timed]
+        work = sum(len(b) * float(flops(int(lengths[b].max()))) for b in batches)
+        out["flops_per_s"] = work / run.seconds if run.seconds > 0 else 0.0
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -86,6 +86,34 @@ def plan_tokens(
     return total
 
 
+def plan_work(
+    lengths: Mapping[bool, Sequence[int]],
+    plan: Plan,
+    batch_size: int,
+    max_tokens: int | None,
+    arch=None,
+) -> float:
+    """What ``plan`` costs: its forward FLOPs when the architecture is known
+    (``planner.Architecture``), else its padded positions (``plan_tokens``)."""
+    if arch is None:
+        return float(plan_tokens(lengths, plan, batch_size, max_tokens))
+    from arena_distill.planner import project
+
+    (row,) = [
+        r
+        for r in project(
+            lengths,
+            arch,
+            max_lengths=[plan.max_length],
+            flops_per_s=1.0,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+        )
+        if r.tta == plan.tta
+    ]
+    return row.tflops * 1e12
+
+
 @dataclass
 class GuardDecision:
     requested: Plan
@@ -93,7 +121,8 @@ class GuardDecision:
     action: str  # none | shorter_max_length | tta_off | shorter_max_length+tta_off | over_budget
     budget_s: float
     estimated_s: float
-    tokens_per_s: float
+    work_per_s: float  # the measured rate, in ``unit`` per second
+    unit: str = "padded_tokens"  # padded_tokens | flops
     candidates: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -106,21 +135,23 @@ class GuardDecision:
 def guard_decision(
     *,
     requested: Plan,
-    tokens: Mapping[Plan, float],
-    tokens_per_s: float,
+    work: Mapping[Plan, float],
+    work_per_s: float,
     budget_s: float,
+    unit: str = "padded_tokens",
     elapsed_s: float = 0.0,
     n_devices: int = 1,
     fallback_max_length: int | None = None,
 ) -> GuardDecision:
     """The first plan of [requested, shorter max_length, then TTA off] that fits the budget.
 
-    A plan's estimate is ``tokens[plan] / (tokens_per_s * n_devices)`` (devices work in
-    parallel on shards of similar size) plus ``elapsed_s`` already spent. When none fits, the
-    cheapest plan is taken and the action is ``over_budget``.
+    A plan's estimate is ``work[plan] / (work_per_s * n_devices)`` (devices work in parallel
+    on shards of similar size) plus ``elapsed_s`` already spent; work is counted in ``unit``
+    (padded tokens, or FLOPs when the architecture is known: long rows cost more per token).
+    When none fits, the cheapest plan is taken and the action is ``over_budget``.
     """
-    if tokens_per_s <= 0:
-        raise ValueError(f"tokens_per_s must be > 0, got {tokens_per_s}")
+    if work_per_s <= 0:
+        raise ValueError(f"work_per_s must be > 0, got {work_per_s}")
     candidates = [requested]
     if fallback_max_length is not None and fallback_max_length < requested.max_length:
         candidates.append(Plan(int(fallback_max_length), requested.tta))
@@ -128,8 +159,8 @@ def guard_decision(
         candidates.append(Plan(candidates[-1].max_length, False))
     rows = []
     for plan in candidates:
-        est = elapsed_s + float(tokens[plan]) / (tokens_per_s * max(n_devices, 1))
-        rows.append({**dataclasses.asdict(plan), "tokens": float(tokens[plan]), "seconds": est})
+        est = elapsed_s + float(work[plan]) / (work_per_s * max(n_devices, 1))
+        rows.append({**dataclasses.asdict(plan), unit: float(work[plan]), "seconds": est})
     chosen = next((i for i, r in enumerate(rows) if r["seconds"] <= budget_s), None)
     if chosen is None:
         plan, action = candidates[-1], "over_budget"
@@ -142,7 +173,7 @@ def guard_decision(
         if plan.tta != requested.tta:
             changes.append("tta_off")
         action = "+".join(changes) or "none"
-    return GuardDecision(requested, plan, action, budget_s, est, tokens_per_s, rows)
+    return GuardDecision(requested, plan, action, budget_s, est, work_per_s, unit, rows)
 
 
 def budget_seconds(hours: float | None, safety: float = 1.0) -> float:
@@ -290,6 +321,16 @@ class _Encoder:
         return {o: [enc[(i, o)] for i in r.ids] for o in (ORIGINAL, SWAPPED)}
 
 
+def _architecture(model_dir: Path):
+    """The model folder's architecture for the FLOPs count, or None when unknown."""
+    from arena_distill.planner import Architecture
+
+    try:
+        return Architecture.of(model_dir)
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
 def _run_guard(
     spec: ModelSpec,
     enc: dict[bool, list[list[int]]],
@@ -298,32 +339,34 @@ def _run_guard(
     devices: list[str],
     t_start: float,
 ) -> tuple[GuardDecision, dict, torch.nn.Module | None]:
-    """Measure throughput on the longest batches and decide the plan; the model is returned for
-    reuse when one device will predict (several devices load their own copies)."""
+    """Measure throughput on the longest batches and decide the plan (in FLOPs when the
+    model's architecture is known, else in padded tokens); the model is returned for reuse
+    when one device will predict (several devices load their own copies)."""
     model, _ = load_model(spec, devices[0])
     batch_size = int(settings.batch_size)
-    cfg_max_tokens = settings.max_tokens_per_batch
+    cfg_max_tokens = int(settings.max_tokens_per_batch) if settings.max_tokens_per_batch else None
+    arch = _architecture(Path(spec.model_cfg["name_or_path"]))
     measured = measure_throughput(
         model,
         enc[ORIGINAL],
         pad_token_id=int(model.config.pad_token_id),
         batch_size=batch_size,
-        max_tokens=int(cfg_max_tokens or batch_size * requested.max_length),
+        max_tokens=cfg_max_tokens or batch_size * requested.max_length,
         n_batches=int(settings.guard_batches),
         device=devices[0],
+        flops=None if arch is None else arch.flops,
     )
     lengths = {o: [len(s) for s in enc[o]] for o in enc}
     fallback = settings.fallback_max_length
     lens = {requested.max_length, int(fallback) if fallback else requested.max_length}
     plans = [Plan(m, t) for m in lens for t in (True, False)]
-    tokens = {
-        p: plan_tokens(lengths, p, batch_size, int(cfg_max_tokens) if cfg_max_tokens else None)
-        for p in plans
-    }
+    work = {p: plan_work(lengths, p, batch_size, cfg_max_tokens, arch) for p in plans}
+    unit, rate = ("flops", measured["flops_per_s"]) if arch else ("padded_tokens", None)
     decision = guard_decision(
         requested=requested,
-        tokens=tokens,
-        tokens_per_s=max(measured["padded_tokens_per_s"], 1e-9),
+        work=work,
+        work_per_s=max(rate if rate is not None else measured["padded_tokens_per_s"], 1e-9),
+        unit=unit,
         budget_s=budget_seconds(settings.time_budget_hours, settings.time_budget_safety),
         elapsed_s=time.perf_counter() - t_start,
         n_devices=len(devices),
@@ -331,12 +374,13 @@ def _run_guard(
     )
     log_fn = log.info if decision.action == "none" else log.warning
     log_fn(
-        "time-budget guard: %s -> plan %s (estimated %.0f s of %.0f s at %.0f tokens/s)",
+        "time-budget guard: %s -> plan %s (estimated %.0f s of %.0f s at %.3g %s/s)",
         decision.action,
         decision.plan,
         decision.estimated_s,
         decision.budget_s,
-        decision.tokens_per_s,
+        decision.work_per_s,
+        unit,
     )
     if len(devices) > 1:  # every worker loads its own copy
         del model

@@ -418,6 +418,21 @@ class PredictStageSettings(PredictSettings):
 
 
 @dataclass(kw_only=True)
+class PlanSettings:
+    """The time planner (``arena-distill plan``): the predict stage's settings projected onto a
+    device before it runs."""
+
+    out_dir: str
+    lengths: str = "test"  # test | holdout (the run's rows, tokenised) | a JSON list of lengths
+    rows: int | None = None  # project onto this many rows (None: the rows given)
+    device: str = "t4"  # a planner.DEVICES key
+    n_devices: int = 2
+    architecture: str | None = None  # a model folder or hub id (None: model.name_or_path)
+    max_lengths: list[int] | None = None  # None: the predict stage's and its fallback
+    fixed_seconds: float = 300.0  # installing, loading the model, tokenising
+
+
+@dataclass(kw_only=True)
 class BaselinesSettings:
     out_dir: str
     names: list[str]
@@ -455,6 +470,7 @@ STAGE_SETTINGS: dict[str, type] = {
     "predict": PredictStageSettings,
     "baselines": BaselinesSettings,
     "report": ReportSettings,
+    "plan": PlanSettings,
 }
 
 ROOT_SCALARS = {"run_name": str, "runs_root": str, "run_dir": str, "seed": int}

@@ -140,6 +140,9 @@ def test_a_tiny_time_budget_falls_back_and_says_so(trained_run, tta_run):
         (64, False),
     ]
     assert g["measured"]["padded_tokens_per_s"] > 0
+    # the model folder's config.json gives the architecture: the guard counts FLOPs
+    assert g["unit"] == "flops" and g["work_per_s"] == g["measured"]["flops_per_s"] > 0
+    assert all(c["flops"] > 0 for c in g["candidates"])
     assert (m["max_length"], m["tta"]) == (64, False)
     assert not set(SWAP_LOGIT_COLS) & set(preds.columns)
     assert len(sub) == len(preds) and sub["id"].is_unique

@@ -19,4 +19,6 @@ STAGES: dict[str, str] = {
     "predict": "arena_distill.stages.predict",
     "baselines": "arena_distill.stages.baselines",
     "report": "arena_distill.stages.report",
+    # not a pipeline step: the projected prediction time (arena-distill plan / make plan)
+    "plan": "arena_distill.stages.plan",
 }

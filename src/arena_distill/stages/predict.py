@@ -18,34 +18,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
-from arena_distill.data.folds import read_folds
 from arena_distill.data.readers import read_sample_submission
-from arena_distill.data.tableio import load_table
-from arena_distill.encode import cache_dir, holdout_key, prompt_config, test_key
-from arena_distill.io import StageInputError, require_stage_output
-from arena_distill.layout import FOLDS, HOLDOUT, TEST, TRAIN, rows_in_split
+from arena_distill.encode import cache_dir, prompt_config, rows_to_predict
+from arena_distill.io import require_stage_output
 from arena_distill.predict import PredictRequest, check_model_dir, predict_rows
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-
-
-def load_rows(data_dir: Path, split: str) -> tuple[pd.DataFrame, list[Path], str]:
-    """The rows to predict, the files they came from and their token-cache key."""
-    if split == "test":
-        path = data_dir / TEST
-        if not path.exists():
-            raise StageInputError(f"{path} is missing: the data config has no test set")
-        return load_table(path), [path], test_key(data_dir)
-    train, folds_path = data_dir / TRAIN, data_dir / FOLDS
-    rows = rows_in_split(load_table(train), read_folds(folds_path), HOLDOUT)
-    if rows.empty:
-        raise StageInputError(f"{folds_path} has no holdout rows (data.holdout_frac is 0?)")
-    return rows, [train, folds_path], holdout_key(data_dir)
 
 
 def tokenizer_dir(settings: config.PredictStageSettings, cfg: DictConfig) -> str:
@@ -62,7 +44,7 @@ def run(cfg: DictConfig) -> Path:
     t_start = time.perf_counter()
     settings = config.stage(cfg, "predict")
     data_dir = require_stage_output(config.stage(cfg, "data").out_dir, stage="data")
-    rows, inputs, key = load_rows(data_dir, settings.split)
+    rows, inputs, key = rows_to_predict(data_dir, settings.split)
     check_model_dir(settings.model_dir, settings.adapter_dir)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg["name_or_path"] = str(settings.model_dir)
