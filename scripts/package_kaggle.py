@@ -133,6 +133,18 @@ def run_config(run_dir: Path | None, overrides: Sequence[str]) -> tuple[DictConf
     return compose(list(overrides)), "compose(" + " ".join(overrides) + ")"
 
 
+def run_prior(run_dir: Path | None) -> list[float] | None:
+    """The class mix of the run's labelled training rows (train + extra), from its data
+    stage's output; None without a run folder."""
+    if run_dir is None or not (run_dir / "data" / "train.parquet").is_file():
+        return None
+    from arena_distill.layout import read_run_data
+    from arena_distill.metrics import class_prior
+
+    labels = read_run_data(run_dir / "data").labelled["label"].dropna().astype(int)
+    return class_prior(labels.to_numpy()).tolist()
+
+
 def choose_model_dir(run_dir: Path | None, model_dir: Path | None) -> Path:
     if model_dir is not None:
         candidates = [model_dir]
@@ -294,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             model_cfg=model_cfg,
             predict=predict,
             source={"model_dir": str(model_dir.resolve()), "config": cfg_source},
+            prior=run_prior(args.run_dir),
         )
         wheels = tmp / "wheels"
         wheels.mkdir()

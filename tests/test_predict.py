@@ -323,3 +323,66 @@ def test_identical_answers_compare_normalised_text():
         }
     )
     assert identical_answers(df).tolist() == [True, False, False, True]
+
+
+# ---------------------------------------------------------------------------------------------
+# out of memory and fallbacks
+
+
+class OomClassifier(FakeClassifier):
+    """Runs out of "memory" on batches above ``limit`` padded positions (CUDA's own error)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def forward(self, input_ids, attention_mask):
+        if input_ids.numel() > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return super().forward(input_ids, attention_mask)
+
+
+def test_an_out_of_memory_batch_is_split_and_retried():
+    model = OomClassifier(limit=60)
+    seqs = random_sequences(20, seed=3, lo=5, hi=30)
+    run = predict_logits(model, seqs, pad_token_id=PAD, batch_size=8, progress=False)
+    np.testing.assert_allclose(run.logits, one_by_one(FakeClassifier(), seqs), atol=1e-6)
+    assert run.oom_splits > 0 and run.failed_rows == 0
+    assert max(r * n for r, n in model.calls) <= 60  # only what fit ran to the end
+
+
+def test_a_row_too_long_alone_keeps_nan_logits_and_is_counted():
+    seqs = [[1] * 50, [2] * 5, [3] * 6]
+    run = predict_logits(
+        OomClassifier(limit=40), seqs, pad_token_id=PAD, batch_size=4, progress=False
+    )
+    assert run.failed_rows == 1 and np.isnan(run.logits[0]).all()
+    assert np.isfinite(run.logits[1:]).all()
+
+
+def test_other_errors_are_not_swallowed():
+    class Broken(FakeClassifier):
+        def forward(self, input_ids, attention_mask):
+            raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        predict_logits(Broken(), [[1, 2]], pad_token_id=PAD, progress=False)
+
+
+def test_rows_without_a_finite_prediction_fall_back_to_one_orientation_or_the_prior():
+    from arena_distill.layout import prediction_table
+    from arena_distill.predict import with_fallback
+
+    logits = np.array([[1.0, 0.0, 0.0], [np.nan] * 3, [np.nan] * 3, [0.0, 2.0, 0.0]])
+    swapped = np.array([[0.0, 1.0, 0.0], [0.0, 3.0, 0.0], [np.nan] * 3, [np.inf, 0.0, 0.0]])
+    table = prediction_table(list("abcd"), logits, swapped)
+    prior = [0.5, 0.3, 0.2]
+    probs, fallback = with_fallback(table, tta=True, prior=prior)
+    assert fallback.tolist() == ["", "one_orientation", "prior", "one_orientation"]
+    np.testing.assert_allclose(probs[0], table.loc[0, ["tta_p_a", "tta_p_b", "tta_p_tie"]])
+    np.testing.assert_allclose(probs[1], tta_probs(swapped[1:2], None)[0][[1, 0, 2]])
+    np.testing.assert_allclose(probs[2], prior)
+    np.testing.assert_allclose(probs[3], table.loc[3, ["p_a", "p_b", "p_tie"]])
+    plain, fb = with_fallback(table, tta=False, prior=None)
+    assert fb.tolist() == ["", "prior", "prior", ""]
+    np.testing.assert_allclose(plain[1], [1 / 3] * 3)

@@ -93,6 +93,8 @@ class BatchRun:
     padded: int = 0  # computed positions
     seconds: float = 0.0
     batches: int = 0
+    oom_splits: int = 0  # batches split in two after an out-of-memory error
+    failed_rows: int = 0  # rows that ran out of memory alone: their logits stay NaN
 
     @property
     def tokens_per_s(self) -> float:
@@ -155,17 +157,49 @@ def predict_logits(
     _sync(device)
     t0 = time.perf_counter()
     for batch in batches:
-        ids, mask = pad_right([sequences[i] for i in batch], pad_token_id)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        out[batch] = logits.float().cpu().numpy()
-        run.tokens += int(lengths[batch].sum())
-        run.padded += ids.numel()
+        _forward(model, sequences, batch, pad_token_id, device, run, lengths)
         run.batches += 1
         bar.update(len(batch))
     _sync(device)
     run.seconds = time.perf_counter() - t0
     bar.close()
     return run
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An accelerator out-of-memory error (CUDA's own class, or a RuntimeError saying so)."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def _forward(model, sequences, batch: np.ndarray, pad_token_id: int, device, run, lengths) -> None:
+    """One batch into ``run.logits``; on an out-of-memory error the batch is split in two and
+    each half retried (recursively), so a batch that is too big for the device costs time, not
+    the run. A single row that does not fit keeps NaN logits (``run.failed_rows``): the caller
+    falls back for it (``predict.predict_rows`` gives it the class prior)."""
+    try:
+        ids, mask = pad_right([sequences[i] for i in batch], pad_token_id)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        run.logits[batch] = logits.float().cpu().numpy()
+        run.tokens += int(lengths[batch].sum())
+        run.padded += ids.numel()
+        return
+    except Exception as exc:  # noqa: BLE001 (only out-of-memory is handled; the rest re-raised)
+        if not is_out_of_memory(exc):
+            raise
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if len(batch) == 1:
+        run.failed_rows += 1
+        log.error("row %d (%d tokens) does not fit in memory alone", batch[0], lengths[batch[0]])
+        return
+    run.oom_splits += 1
+    log.warning("out of memory on a batch of %d rows: split in two and retried", len(batch))
+    half = len(batch) // 2
+    # longest first: the first half holds the longest rows
+    _forward(model, sequences, batch[:half], pad_token_id, device, run, lengths)
+    _forward(model, sequences, batch[half:], pad_token_id, device, run, lengths)
 
 
 def measure_throughput(
@@ -259,6 +293,9 @@ class ModelSpec:
     model_cfg: dict
     adapter_dir: str | None = None
     dtype: str = "auto"
+    # "auto": ONE copy of a full model folder spread over every visible GPU (accelerate's
+    # device_map), for a model too big for one device; the engine then runs in one process
+    device_map: str | None = None
 
 
 def resolve_dtype(dtype: str, device: str | torch.device) -> str:
@@ -273,10 +310,15 @@ def load_model(spec: ModelSpec, device: str | torch.device) -> tuple[torch.nn.Mo
     A full model folder carries its own quantization (GPTQ) in its ``config.json``, so the
     config's bitsandbytes section only applies to a base under an adapter (teacher folds).
     """
-    from arena_distill.models.factory import load_for_inference
+    from arena_distill.models.factory import load_for_inference, load_split
 
     cfg = dict(spec.model_cfg)
     cfg["dtype"] = resolve_dtype(spec.dtype, device)
+    if spec.device_map is not None:
+        if spec.adapter_dir is not None:
+            raise ValueError("device_map needs a full model folder, not a base with an adapter")
+        model, tokenizer = load_split(cfg, spec.device_map)
+        return model.eval(), tokenizer
     if spec.adapter_dir is None:
         cfg["quantization"] = None
     model, tokenizer = load_for_inference(cfg, spec.adapter_dir, device=device)
@@ -322,7 +364,8 @@ def _worker(rank: int, jobs: list[WorkerJob], result_dir: str) -> None:
     if job.device.startswith("cuda"):
         torch.cuda.set_device(torch.device(job.device))
     run = _run_job(job)
-    stats = np.array([run.tokens, run.padded, run.seconds, run.batches], dtype=np.float64)
+    stats = [run.tokens, run.padded, run.seconds, run.batches, run.oom_splits, run.failed_rows]
+    stats = np.array(stats, dtype=np.float64)
     np.savez(Path(result_dir) / f"shard_{rank}.npz", logits=run.logits, stats=stats)
 
 
@@ -391,9 +434,17 @@ def run_inference(
             mp.spawn(_worker, args=(jobs, tmp), nprocs=len(devices), join=True)
             for k in range(len(devices)):
                 with np.load(Path(tmp) / f"shard_{k}.npz") as z:
-                    tokens, padded, seconds, batches = z["stats"].tolist()
+                    tokens, padded, seconds, batches, splits, failed = z["stats"].tolist()
                     runs.append(
-                        BatchRun(z["logits"], int(tokens), int(padded), seconds, int(batches))
+                        BatchRun(
+                            z["logits"],
+                            int(tokens),
+                            int(padded),
+                            seconds,
+                            int(batches),
+                            int(splits),
+                            int(failed),
+                        )
                     )
     seconds = time.perf_counter() - t0
     logits = {o: np.full((n_rows, 3), np.nan, dtype=np.float32) for o in sequences}
@@ -413,6 +464,8 @@ def run_inference(
                 "seconds": round(run.seconds, 4),
                 "batches": run.batches,
                 "tokens_per_s": round(run.tokens_per_s, 1),
+                "oom_splits": run.oom_splits,
+                "failed_rows": run.failed_rows,
             }
         )
     needed = (ORIGINAL, SWAPPED) if tta else (ORIGINAL,)

@@ -18,17 +18,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from arena_distill.data.readers import read_competition, read_sample_submission
 from arena_distill.data.summary import DataSummary
+from arena_distill.io import write_json
 from arena_distill.settings import PredictSettings
-from arena_distill.submission import read_submission, validate_submission
+from arena_distill.submission import read_submission, validate_submission, write_submission
 from arena_distill.text import PromptConfig
 
 log = logging.getLogger(__name__)
@@ -55,9 +59,11 @@ def write_prompt_file(
     model_cfg: Mapping[str, Any],
     predict: Mapping[str, Any] | None = None,
     source: Mapping[str, Any] | None = None,
+    prior: Sequence[float] | None = None,
 ) -> Path:
     """Write :data:`PROMPT_FILE` into ``model_dir``: prompt, model config (without
-    ``name_or_path``, which is wherever the folder ends up), prediction settings, provenance."""
+    ``name_or_path``, which is wherever the folder ends up), prediction settings, provenance
+    and the class prior of the training rows (what a row the model cannot score gets)."""
     prompt = prompt if isinstance(prompt, PromptConfig) else PromptConfig.from_dict(prompt)
     model = {k: v for k, v in dict(model_cfg).items() if k != "name_or_path"}
     data = {
@@ -67,6 +73,8 @@ def write_prompt_file(
         "predict": dict(predict or {}),
         "source": dict(source or {}),
     }
+    if prior is not None:
+        data["prior"] = [float(x) for x in prior]
     path = Path(model_dir) / PROMPT_FILE
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
@@ -143,6 +151,7 @@ def predict_csv(
     settings: Mapping[str, Any] | None = None,
     work_dir: str | Path | None = None,
     started_at: float | None = None,
+    fail_safe: bool = True,
 ) -> Path:
     """Predict every row of a competition-layout ``test_csv``; write and return ``out_csv``.
 
@@ -155,32 +164,101 @@ def predict_csv(
     max length 2000, fallback 1024, batch 8, 9 hours, post-processing off); a key there that
     is not a setting is an error. ``devices`` defaults to every visible GPU (else the CPU).
     ``work_dir`` (default ``<out_csv folder>/arena_distill``) receives ``predictions/``
-    (``submission.csv``, ``predictions.parquet``, ``metrics.json``, ``manifest.json``; replaced
-    as a whole). ``started_at`` (``time.perf_counter()``) is when the time budget started,
-    e.g. at the notebook's first cell (default: now).
+    (``submission.csv`` of the predicted rows, ``predictions.parquet``, ``metrics.json``,
+    ``manifest.json``; replaced as a whole), ``submission.json`` (how every id of the
+    submission was obtained) and, when there were any, ``malformed_rows.csv`` (id, reason).
+    ``started_at`` (``time.perf_counter()``) is when the time budget started, e.g. at the
+    notebook's first cell (default: now).
 
-    The submission holds every id of ``test_csv`` once (and exactly the sample submission's
-    ids when given), with finite probabilities summing to 1; it is validated before it is
-    written and again after.
+    A submission that errors scores nothing, so nothing here may stop it:
+
+    * a row that cannot be parsed gets the class prior (``prior`` in :data:`PROMPT_FILE`, else
+      uniform), is counted and listed in ``malformed_rows.csv``; so does an id of the sample
+      submission that the test file lacks;
+    * the inference engine splits a batch that runs out of memory, and a row the model gives
+      no finite prediction gets the prior (``predict.with_fallback``); the time guard falls
+      back to a shorter length, then to no TTA;
+    * with ``fail_safe`` (default), any other error is logged with its traceback and the
+      prior is written for every id (``fallback.json`` says why): a scored submission at the
+      prior's log loss instead of none.
+
+    The submission holds every id once (exactly the sample submission's ids when given), with
+    finite probabilities summing to 1; it is validated before it is written and again after.
     """
-    from arena_distill.predict import PredictRequest, predict_rows
-
     t_start = time.perf_counter() if started_at is None else float(started_at)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     test_csv, model_dir, out_csv = Path(test_csv), Path(model_dir), Path(out_csv)
+    work_dir = out_csv.parent / "arena_distill" if work_dir is None else Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        info = read_prompt_file(model_dir)
+    except Exception:  # noqa: BLE001 (a broken prompt file must not stop the fallback)
+        if not fail_safe:
+            raise
+        log.exception("cannot read %s/%s", model_dir, PROMPT_FILE)
+        info = None
+    prior = _prior(info)
+    try:
+        return _predict_csv(
+            test_csv,
+            model_dir,
+            out_csv,
+            work_dir=work_dir,
+            info=info,
+            prior=prior,
+            sample_submission=sample_submission,
+            adapter_dir=adapter_dir,
+            prompt=prompt,
+            model_cfg=model_cfg,
+            settings=settings,
+            t_start=t_start,
+        )
+    except Exception as exc:
+        if not fail_safe:
+            raise
+        log.exception("prediction failed: writing the class prior for every id instead")
+        return _fallback_submission(test_csv, out_csv, work_dir, sample_submission, prior, exc)
+
+
+def _prior(info: Mapping[str, Any] | None) -> np.ndarray:
+    """The class prior saved with the model (its training rows' class mix), else uniform."""
+    values = (info or {}).get("prior")
+    if values is None or len(values) != 3 or not np.isfinite(values).all() or min(values) <= 0:
+        return np.full(3, 1 / 3)
+    p = np.asarray(values, dtype=np.float64)
+    return p / p.sum()
+
+
+def _predict_csv(
+    test_csv: Path,
+    model_dir: Path,
+    out_csv: Path,
+    *,
+    work_dir: Path,
+    info: Mapping[str, Any] | None,
+    prior: np.ndarray,
+    sample_submission,
+    adapter_dir,
+    prompt,
+    model_cfg,
+    settings,
+    t_start: float,
+) -> Path:
+    from arena_distill.predict import PredictRequest, predict_rows
 
     summary = DataSummary()
-    rows = read_competition(test_csv, summary=summary, source="kaggle", on_bad_row="error")
+    rows = read_competition(test_csv, summary=summary, source="kaggle", on_bad_row="drop")
     if summary.counts:
         log.info("normalisation of %s: %s", test_csv, dict(summary.counts))
+    malformed = {str(d["id"]): d["reason"] for d in summary.dropped}
     inputs = [test_csv]
     sample_ids = None
     if sample_submission is not None:
         sample_ids = read_sample_submission(sample_submission)["id"].tolist()
         inputs.append(Path(sample_submission))
+    ids = list(sample_ids) if sample_ids is not None else _test_ids(rows, malformed)
 
-    info = read_prompt_file(model_dir)
     prompt_cfg = _prompt(prompt, info, model_dir)
     if model_cfg is None:
         if info and info.get("model"):
@@ -192,43 +270,113 @@ def predict_csv(
             )
     model_cfg = {**dict(model_cfg), "name_or_path": str(model_dir)}
     predict = prediction_settings(info, settings)
-
-    work_dir = out_csv.parent / "arena_distill" if work_dir is None else Path(work_dir)
     out_dir = work_dir / "predictions"
     log.info("%d rows of %s -> %s (model %s, %s)", len(rows), test_csv, out_csv, model_dir, predict)
-    with tempfile.TemporaryDirectory(prefix="arena-tokens-") as cache_dir:
-        request = PredictRequest(
-            rows=rows,
-            model_cfg=model_cfg,
-            prompt=prompt_cfg,
-            out_dir=out_dir,
-            cache_dir=cache_dir,
-            adapter_dir=adapter_dir,
-            sample_ids=sample_ids,
-            split="test",
-            inputs=inputs,
-            manifest_config={
-                "model": model_cfg,
-                "prompt": prompt_cfg.to_dict(),
-                "stage": predict.to_dict(),
-                "adapter_dir": None if adapter_dir is None else str(adapter_dir),
-                "prompt_file": info is not None,
-            },
-            t_start=t_start,
+    predicted: dict[str, np.ndarray] = {}
+    if len(rows):
+        with tempfile.TemporaryDirectory(prefix="arena-tokens-") as cache_dir:
+            request = PredictRequest(
+                rows=rows,
+                model_cfg=model_cfg,
+                prompt=prompt_cfg,
+                out_dir=out_dir,
+                cache_dir=cache_dir,
+                adapter_dir=adapter_dir,
+                prior=prior.tolist(),
+                split="test",
+                inputs=inputs,
+                manifest_config={
+                    "model": model_cfg,
+                    "prompt": prompt_cfg.to_dict(),
+                    "stage": predict.to_dict(),
+                    "adapter_dir": None if adapter_dir is None else str(adapter_dir),
+                    "prompt_file": info is not None,
+                },
+                t_start=t_start,
+            )
+            predict_rows(request, predict)
+        sub = read_submission(out_dir / "submission.csv")
+        predicted = dict(zip(sub["id"].astype(str), sub.iloc[:, 1:].to_numpy(), strict=True))
+    # an id without a prediction gets the prior: its row could not be parsed, or it is not
+    # in the test file (a duplicate row's id keeps the prediction of its first row)
+    reasons = {i: malformed.get(i, "not in the test file") for i in ids if i not in predicted}
+    probs = np.array([predicted.get(i, prior) for i in ids], dtype=np.float64)
+    _write(out_csv, ids, probs, sample_ids, float(predict.clip_eps))
+    listed = [
+        (d["id"], d["reason"], "prior" if d["id"] in reasons else "predicted (another row)")
+        for d in summary.dropped
+    ] + [(i, r, "prior") for i, r in reasons.items() if i not in malformed]
+    if listed:
+        log.warning("%d ids get the class prior: %s", len(reasons), dict(Counter(reasons.values())))
+        pd.DataFrame(listed, columns=["id", "reason", "submitted"]).to_csv(
+            work_dir / "malformed_rows.csv", index=False
         )
-        predict_rows(request, predict)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    if out_csv.resolve() != (out_dir / "submission.csv").resolve():
-        tmp = out_csv.with_name(f".{out_csv.name}.tmp-{os.getpid()}")
-        shutil.copyfile(out_dir / "submission.csv", tmp)
-        os.replace(tmp, out_csv)
-    validate_submission(
-        read_submission(out_csv),
-        rows["id"].tolist(),
-        sample_ids=sample_ids,
-        clip_eps=float(predict.clip_eps),
+    write_json(
+        work_dir / "submission.json",
+        {
+            "rows": len(ids),
+            "predicted": len(ids) - len(reasons),
+            "prior": len(reasons),
+            "prior_reasons": dict(Counter(reasons.values())),
+            "prior_probs": prior.tolist(),
+            "fallback": False,
+        },
     )
-    log.info("submission written: %s (%d rows)", out_csv, len(rows))
+    log.info("submission written: %s (%d rows, %d at the prior)", out_csv, len(ids), len(reasons))
+    return out_csv
+
+
+def _test_ids(rows: pd.DataFrame, malformed: Mapping[str, str]) -> list[str]:
+    """Every id of the test file: the parsed rows' and the malformed rows' (no duplicates)."""
+    return list(dict.fromkeys([*rows["id"].astype(str), *malformed]))
+
+
+def _write(out_csv: Path, ids: list[str], probs: np.ndarray, sample_ids, clip_eps: float) -> None:
+    """The submission, written atomically and validated before and after."""
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_csv.with_name(f".{out_csv.name}.tmp-{os.getpid()}")
+    write_submission(tmp, ids, probs, expected_ids=ids, sample_ids=sample_ids, clip_eps=clip_eps)
+    os.replace(tmp, out_csv)
+    validate_submission(read_submission(out_csv), ids, sample_ids=sample_ids, clip_eps=clip_eps)
+
+
+def _fallback_submission(
+    test_csv: Path,
+    out_csv: Path,
+    work_dir: Path,
+    sample_submission,
+    prior: np.ndarray,
+    exc: BaseException,
+) -> Path:
+    """The class prior for every id (the sample submission's, else the test file's ``id``
+    column read as plain text): the submission when prediction itself failed."""
+    import traceback
+
+    ids = None
+    if sample_submission is not None:
+        try:
+            ids = read_sample_submission(sample_submission)["id"].tolist()
+        except Exception:  # noqa: BLE001
+            log.exception("cannot read the sample submission %s", sample_submission)
+    if ids is None:
+        raw = pd.read_csv(test_csv, usecols=["id"], dtype=str, keep_default_na=False)
+        ids = list(dict.fromkeys(raw["id"].str.strip()))
+    probs = np.tile(prior, (len(ids), 1))
+    _write(out_csv, ids, probs, None, 1e-6)
+    write_json(
+        work_dir / "fallback.json",
+        {
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exception(exc),
+            "rows": len(ids),
+            "prior_probs": prior.tolist(),
+        },
+    )
+    write_json(
+        work_dir / "submission.json",
+        {"rows": len(ids), "predicted": 0, "prior": len(ids), "fallback": True},
+    )
+    log.error("fallback submission written: %s (%d rows at the prior)", out_csv, len(ids))
     return out_csv
 
 
@@ -248,6 +396,21 @@ def prediction_settings(
 
 
 def read_metrics(out_csv: str | Path, work_dir: str | Path | None = None) -> dict[str, Any]:
-    """The ``metrics.json`` of the :func:`predict_csv` call that wrote ``out_csv``."""
+    """What the :func:`predict_csv` call that wrote ``out_csv`` measured: the prediction's
+    ``metrics.json`` (when prediction ran), ``submission`` (how every id was obtained) and,
+    after a failure, ``failure`` (the error, from ``fallback.json``)."""
     work_dir = Path(out_csv).parent / "arena_distill" if work_dir is None else Path(work_dir)
-    return json.loads((work_dir / "predictions" / "metrics.json").read_text())
+    out: dict[str, Any] = {}
+    for key, path in (
+        (None, work_dir / "predictions" / "metrics.json"),
+        ("submission", work_dir / "submission.json"),
+        ("failure", work_dir / "fallback.json"),
+    ):
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        if key is None:
+            out.update(data)
+        else:
+            out[key] = data
+    return out

@@ -21,6 +21,7 @@ import gc
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ from arena_distill.io import StageInputError, StageTimer, atomic_dir, write_json
 from arena_distill.layout import (
     FINAL_COLS,
     PROB_COLS,
+    SWAP_LOGIT_COLS,
     TTA_PROB_COLS,
     prediction_table,
     score_predictions,
@@ -267,6 +269,7 @@ class PredictRequest:
     tokenizer_dir: str | Path | None = None
     data_key: str | None = None
     sample_ids: Sequence[str] | None = None
+    prior: Sequence[float] | None = None  # for rows the model gives nothing for (None: uniform)
     split: str = "test"
     inputs: Sequence[Path] = ()
     manifest_config: Mapping[str, Any] | None = None
@@ -402,6 +405,31 @@ def _scores(table: pd.DataFrame, pp_probs: np.ndarray, final: np.ndarray) -> dic
     return out
 
 
+def with_fallback(
+    table: pd.DataFrame, tta: bool, prior: Sequence[float] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The probabilities to submit, with a fallback where the model gave none: a row whose
+    swap-TTA mean is not finite keeps the orientation that is (``one_orientation``), a row
+    with no finite prediction (out of memory alone, fp16 overflow) gets ``prior`` (uniform
+    when None). Returns the probabilities and the fallback used per row ("" for none)."""
+    plain = table[list(PROB_COLS)].to_numpy(dtype=np.float64)
+    probs = table[list(TTA_PROB_COLS)].to_numpy(dtype=np.float64) if tta else plain.copy()
+    fallback = np.full(len(table), "", dtype=object)
+    ok = np.isfinite(probs).all(axis=1)
+    if tta:
+        # the swapped orientation's probabilities, mirrored back (NaN where it has none)
+        swapped = probs_from_logits(table[list(SWAP_LOGIT_COLS)].to_numpy(dtype=np.float64))
+        for one in (plain, swapped):
+            use = ~ok & np.isfinite(one).all(axis=1)
+            probs[use], fallback[use] = one[use], "one_orientation"
+            ok |= use
+    base = np.full(3, 1 / 3) if prior is None else np.asarray(prior, dtype=np.float64)
+    probs[~ok], fallback[~ok] = base / base.sum(), "prior"
+    if (~ok).any() or (fallback != "").any():
+        log.warning("fallback predictions: %s", dict(Counter(fallback[fallback != ""])))
+    return probs, fallback
+
+
 def _prediction_table(
     request: PredictRequest, result: InferenceResult, plan: Plan, settings: PredictSettings
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict[str, int]]:
@@ -411,7 +439,8 @@ def _prediction_table(
     extra = {"label": rows["label"].astype("int64").to_numpy()} if request.labelled else {}
     logits = result.logits
     table = prediction_table(request.ids, logits[ORIGINAL], logits.get(SWAPPED), **extra)
-    probs = table[list(TTA_PROB_COLS if plan.tta else PROB_COLS)].to_numpy(dtype=np.float64)
+    probs, fallback = with_fallback(table, plan.tta, request.prior)
+    table["fallback"] = fallback
     pp = settings.postprocess
     pp_probs, rule, pp_counts = postprocess(
         probs,
@@ -438,12 +467,14 @@ def predict_rows(request: PredictRequest, settings: PredictSettings) -> Path:
         raise StageInputError(f"duplicate ids in the {request.split} rows")
     check_model_dir(request.model_dir, request.adapter_dir)
     adapter = None if request.adapter_dir is None else str(request.adapter_dir)
-    spec = ModelSpec(dict(request.model_cfg), adapter, str(settings.dtype))
+    spec = ModelSpec(dict(request.model_cfg), adapter, str(settings.dtype), settings.device_map)
     encode = _Encoder(request)
     max_length = int(settings.max_length or request.prompt.max_length)
     enc = encode(max_length)
     timer.lap("tokenize")
     devices = resolve_devices(settings.devices)
+    if settings.device_map is not None:  # one copy over every device, driven from this process
+        devices = devices[:1]
     requested = Plan(max_length, bool(settings.tta))
     log.info("%d %s rows, devices %s, plan %s", len(ids), request.split, devices, requested)
 
@@ -505,6 +536,11 @@ def predict_rows(request: PredictRequest, settings: PredictSettings) -> Path:
             "requested": {"tta": requested.tta, "max_length": requested.max_length},
             "guard": decision_info,
             "postprocess": {"enabled": settings.postprocess.enabled, "rows_changed": pp_counts},
+            "fallback": {
+                "rows": dict(Counter(table["fallback"][table["fallback"] != ""])),
+                "oom_splits": sum(sh["oom_splits"] for sh in result.shards),
+                "oom_rows": sum(sh["failed_rows"] for sh in result.shards),
+            },
             "model_dir": str(request.model_dir),
             "adapter_dir": adapter,
         }

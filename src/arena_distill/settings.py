@@ -370,6 +370,7 @@ class PredictSettings:
     batch_size: int = 8
     max_tokens_per_batch: int | None = None
     devices: str | list[str] = "auto"
+    device_map: str | None = None  # auto: one model copy over every GPU (too big for one)
     dtype: str = "auto"
     progress: bool = True
     time_budget_hours: float | None = 9.0

@@ -119,6 +119,33 @@ def test_pad_falls_back_to_eos(tiny, tmp_path):
     assert model(**batch(tok)).logits.shape == (2, 3)
 
 
+@pytest.mark.parametrize(
+    ("capability", "flash", "family", "expected"),
+    [
+        ((7, 5), True, "gemma2", "eager"),  # Kaggle's T4: no FlashAttention-2 on sm75
+        ((7, 5), False, "llama", "sdpa"),
+        ((8, 0), True, "gemma2", "flash_attention_2"),  # A100+: FA2 keeps the softcapping
+        ((8, 0), False, "gemma2", "eager"),  # never sdpa with softcapping
+        ((9, 0), True, "llama", "flash_attention_2"),
+    ],
+)
+def test_attention_rule_on_gpus(monkeypatch, capability, flash, family, expected):
+    """The one rule (``factory.default_attention``) on a simulated CUDA device."""
+    import importlib.util
+
+    from arena_distill.models import factory
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        factory.importlib.util,
+        "find_spec",
+        lambda name, *a: (object() if flash else None) if name == "flash_attn" else real(name, *a),
+    )
+    assert factory.default_attention(family, "cuda:0") == expected
+
+
 def test_attn_implementation_rules_on_cpu():
     auto = {"attn_implementation": "auto"}
     assert resolve_attn_implementation({**auto, "family": "gemma2"}, "cpu") == "eager"

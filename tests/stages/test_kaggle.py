@@ -108,10 +108,11 @@ def _kernel(tmp: Path, no_configs: Path) -> str:
     return "arena-distill-test"
 
 
-def test_notebook_writes_a_valid_submission(packaged, trained_run, tmp_path, monkeypatch):  # noqa: F811
+def run_notebook(packaged, tmp_path, monkeypatch, test_csv: Path, sample: Path):
+    """Execute notebooks/submission.ipynb with the test's parameters; returns (notebook,
+    submission path, work dir, seconds)."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    demo = Path(trained_run.cfg.stages.demo_data.out_dir)
     out_csv = tmp_path / "working" / "submission.csv"
     work_dir = tmp_path / "working" / "arena_distill"
     params = {
@@ -119,8 +120,8 @@ def test_notebook_writes_a_valid_submission(packaged, trained_run, tmp_path, mon
         "WHEELS_DIR": str(packaged / "wheels"),
         "MODEL_DIR": str(packaged / "model"),
         "ADAPTER_DIR": None,
-        "TEST_CSV": str(demo / "test.csv"),
-        "SAMPLE_SUBMISSION": str(demo / "sample_submission.csv"),
+        "TEST_CSV": str(test_csv),
+        "SAMPLE_SUBMISSION": str(sample),
         "OUT_CSV": str(out_csv),
         "WORK_DIR": str(work_dir),
         "TTA": True,
@@ -148,7 +149,23 @@ def test_notebook_writes_a_valid_submission(packaged, trained_run, tmp_path, mon
     )
     t0 = time.perf_counter()
     client.execute()
-    seconds = time.perf_counter() - t0
+    return nb, out_csv, work_dir, time.perf_counter() - t0
+
+
+def shown(nb) -> str:
+    return "".join(
+        o.get("text", "") + json.dumps(o.get("data", {}))
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+    )
+
+
+def test_notebook_writes_a_valid_submission(packaged, trained_run, tmp_path, monkeypatch):  # noqa: F811
+    demo = Path(trained_run.cfg.stages.demo_data.out_dir)
+    nb, out_csv, work_dir, seconds = run_notebook(
+        packaged, tmp_path, monkeypatch, demo / "test.csv", demo / "sample_submission.csv"
+    )
     assert seconds < 120, f"the notebook took {seconds:.0f} s"
 
     test_ids = pd.read_csv(demo / "test.csv", dtype={"id": str})["id"].tolist()
@@ -163,13 +180,103 @@ def test_notebook_writes_a_valid_submission(packaged, trained_run, tmp_path, mon
     metrics = json.loads((work_dir / "predictions" / "metrics.json").read_text())
     assert metrics["tta"] is True and metrics["max_length"] == 128
     assert metrics["devices"] == ["cpu"] and metrics["guard"]["action"] == "none"
-    shown = "".join(
-        o.get("text", "") + json.dumps(o.get("data", {}))
-        for c in nb.cells
-        if c.cell_type == "code"
-        for o in c.get("outputs", [])
+    assert json.loads((work_dir / "submission.json").read_text())["prior"] == 0
+    assert "winner_model_a" in shown(nb) and "guard" in shown(nb)
+
+
+def malformed_test_csv(demo: Path, out: Path) -> tuple[Path, Path, dict[str, str]]:
+    """The demo's test.csv with broken rows, and a sample submission with one id more;
+    returns (test.csv, sample_submission.csv, {id: what is wrong})."""
+    test = pd.read_csv(demo / "test.csv", dtype=str, keep_default_na=False)
+    broken = {
+        test.loc[0, "id"]: "prompt: not valid JSON",
+        test.loc[1, "id"]: "response_a: a JSON object",
+        test.loc[2, "id"]: "response_b: a nested list",
+    }
+    test.loc[0, "prompt"] = '["an unterminated list'
+    test.loc[1, "response_a"] = '{"turn": "an object"}'
+    test.loc[2, "response_b"] = '[["nested"]]'
+    # a second row with row 3's id: dropped, the first row's prediction is kept
+    dup = test.iloc[[3]].assign(prompt='["a second row with the same id"]')
+    test = pd.concat([test, dup], ignore_index=True)
+    out.mkdir(parents=True, exist_ok=True)
+    test.to_csv(out / "test.csv", index=False)
+    sample = pd.read_csv(demo / "sample_submission.csv", dtype={"id": str})
+    extra = sample.iloc[[0]].assign(id="999999999")  # an id the test file lacks
+    broken["999999999"] = "not in the test file"
+    pd.concat([sample, extra], ignore_index=True).to_csv(out / "sample.csv", index=False)
+    return out / "test.csv", out / "sample.csv", broken
+
+
+def test_notebook_with_malformed_rows_submits_every_id(  # noqa: F811
+    packaged, trained_run, tmp_path, monkeypatch
+):
+    demo = Path(trained_run.cfg.stages.demo_data.out_dir)
+    test_csv, sample_csv, broken = malformed_test_csv(demo, tmp_path / "input")
+    nb, out_csv, work_dir, _ = run_notebook(packaged, tmp_path, monkeypatch, test_csv, sample_csv)
+    sample = read_sample_submission(sample_csv)["id"].tolist()
+    sub = read_submission(out_csv)
+    assert sub["id"].tolist() == sample  # every id once, in the sample's order
+    validate_submission(sub, sample, sample_ids=sample, clip_eps=1e-6)
+    listed = pd.read_csv(work_dir / "malformed_rows.csv", dtype=str).set_index("id")
+    dup_id = pd.read_csv(test_csv, dtype=str)["id"].iloc[3]
+    assert sorted(listed.index) == sorted([*broken, dup_id])
+    assert (listed.loc[list(broken), "submitted"] == "prior").all()
+    assert listed.loc[dup_id, "reason"] == "id: duplicate id"
+    assert listed.loc[dup_id, "submitted"] == "predicted (another row)"
+    # the broken rows get the class prior (uniform: no prior in a model-dir package)
+    at_prior = sub[sub["id"].isin(broken)].iloc[:, 1:].to_numpy()
+    np.testing.assert_allclose(at_prior, 1 / 3, atol=1e-9)
+    info = json.loads((work_dir / "submission.json").read_text())
+    assert info["prior"] == len(broken) and info["predicted"] == len(sample) - len(broken)
+    assert "ids at the class prior: 4" in shown(nb)
+
+
+def test_predict_csv_gives_malformed_rows_the_saved_prior(packaged, trained_run, tmp_path):  # noqa: F811
+    demo = Path(trained_run.cfg.stages.demo_data.out_dir)
+    test_csv, sample_csv, broken = malformed_test_csv(demo, tmp_path / "input")
+    model = tmp_path / "model"
+    import shutil
+
+    shutil.copytree(packaged / "model", model)
+    info = json.loads((model / kaggle.PROMPT_FILE).read_text())
+    (model / kaggle.PROMPT_FILE).write_text(json.dumps({**info, "prior": [0.5, 0.3, 0.2]}))
+    out = kaggle.predict_csv(
+        test_csv,
+        model,
+        tmp_path / "out" / "submission.csv",
+        sample_submission=sample_csv,
+        settings={"devices": "cpu", "progress": False, "time_budget_hours": None},
     )
-    assert "winner_model_a" in shown and "guard" in shown
+    sub = read_submission(out).set_index("id")
+    np.testing.assert_allclose(sub.loc[list(broken)].to_numpy(), [[0.5, 0.3, 0.2]] * 4)
+    metrics = kaggle.read_metrics(out)
+    assert metrics["submission"]["prior_reasons"]["not in the test file"] == 1
+    assert metrics["fallback"] == {"rows": {}, "oom_splits": 0, "oom_rows": 0}
+
+
+def test_predict_csv_submits_the_prior_when_prediction_fails(trained_run, tmp_path):  # noqa: F811
+    demo = Path(trained_run.cfg.stages.demo_data.out_dir)
+    broken_model = tmp_path / "not-a-model"
+    broken_model.mkdir()
+    out = kaggle.predict_csv(
+        demo / "test.csv",
+        broken_model,
+        tmp_path / "out" / "submission.csv",
+        sample_submission=demo / "sample_submission.csv",
+        settings={"devices": "cpu"},
+    )
+    sample = read_sample_submission(demo / "sample_submission.csv")["id"].tolist()
+    sub = read_submission(out)
+    assert sub["id"].tolist() == sample
+    np.testing.assert_allclose(sub.iloc[:, 1:].to_numpy(), 1 / 3)
+    metrics = kaggle.read_metrics(out)
+    assert metrics["submission"]["fallback"] is True
+    assert "config.json" in metrics["failure"]["error"]  # the folder holds no model
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        kaggle.predict_csv(
+            demo / "test.csv", broken_model, tmp_path / "strict.csv", fail_safe=False
+        )
 
 
 def test_predict_csv_equals_the_predict_stage(trained_run, tmp_path):  # noqa: F811

@@ -201,3 +201,30 @@ def test_a_missing_model_folder_is_named(trained_run, tmp_path):
     cfg = predict_cfg(trained_run.root, "missing", f"stages.predict.model_dir={tmp_path}/nope")
     with pytest.raises(StageInputError, match="not a model folder"):
         predict.run(cfg)
+
+
+def test_one_copy_spread_over_the_devices_predicts_the_same(trained_run):
+    """``device_map=auto`` (a model too big for one GPU): one copy over every device, one
+    process; on a CPU-only machine that copy is on the CPU and must give the same numbers."""
+    root = trained_run.root
+    base = small_cfg(root)
+    model_dir = Path(base.stages.tiny_models.out_dir) / "tiny_llama"
+
+    def run(name: str, *extra: str):
+        cfg = small_cfg(
+            root,
+            f"stages.predict.model_dir={model_dir}",
+            f"stages.predict.out_dir={root}/predict/{name}",
+            "stages.predict.max_length=null",
+            "stages.predict.progress=false",
+            "stages.predict.time_budget_hours=null",
+            *extra,
+        )
+        return outputs(predict.run(cfg))
+
+    _, plain, _ = run("one-device")
+    _, split, m = run("device-map", "stages.predict.device_map=auto")
+    assert m["devices"] == ["cuda:0" if torch.cuda.is_available() else "cpu"]
+    cols = ["tta_p_a", "tta_p_b", "tta_p_tie"]
+    atol = 2e-3 if torch.cuda.is_available() else 1e-5  # fp16 on CUDA (dtype auto)
+    np.testing.assert_allclose(split[cols].to_numpy(), plain[cols].to_numpy(), atol=atol)

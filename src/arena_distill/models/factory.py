@@ -333,6 +333,22 @@ def load_for_inference(
     return model.eval(), tokenizer
 
 
+def load_split(model_cfg: Mapping[str, Any], device_map: str = "auto") -> tuple[nn.Module, Any]:
+    """A full model folder as ONE copy spread over the visible devices (accelerate's
+    ``device_map``: layers placed on GPU 0, then GPU 1, ...; the CPU alone without CUDA), with
+    the attention rule of :func:`default_attention`, in eval mode."""
+    tokenizer = load_tokenizer(model_cfg)
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(model_cfg["name_or_path"]),
+        dtype=_dtype(model_cfg.get("dtype", "float32")),
+        attn_implementation=resolve_attn_implementation(model_cfg, device),
+        device_map=device_map,
+    )
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model.eval(), tokenizer
+
+
 def pin_saved_attention(folder: str | Path) -> None:
     """Write the attention rule into a saved softcapping model's ``config.json``.
 

@@ -25,6 +25,8 @@ from arena_distill.config import hydra_app
 from arena_distill.data.readers import read_sample_submission
 from arena_distill.encode import cache_dir, prompt_config, rows_to_predict
 from arena_distill.io import require_stage_output
+from arena_distill.layout import load_run_data
+from arena_distill.metrics import class_prior
 from arena_distill.predict import PredictRequest, check_model_dir, predict_rows
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -53,6 +55,8 @@ def run(cfg: DictConfig) -> Path:
     if sample_path and Path(sample_path).exists():
         sample_ids = read_sample_submission(sample_path)["id"].tolist()
         inputs.append(Path(sample_path))
+    run = load_run_data(cfg)
+    prior = class_prior(run.labelled["label"].dropna().astype(int).to_numpy())
     request = PredictRequest(
         rows=rows,
         model_cfg=model_cfg,
@@ -63,6 +67,7 @@ def run(cfg: DictConfig) -> Path:
         tokenizer_dir=tokenizer_dir(settings, cfg),
         data_key=key,
         sample_ids=sample_ids,
+        prior=prior.tolist(),
         split=settings.split,
         inputs=inputs,
         manifest_config={
