@@ -98,7 +98,8 @@ distill: setup
 merge: setup
 	$(STAGE) merge $(ARGS) model=$(STUDENT)
 
-# GPTQ 8-bit of the merged model, score head intact (runs/<run>/quantized)
+# the merged model quantized, score head intact (runs/<run>/quantized): GPTQ 8-bit, or
+# ARGS="stages.quantize.method=bnb_int8" (bitsandbytes LLM.int8) / method=none (fp16 copy)
 quantize: setup
 	$(STAGE) quantize $(ARGS) model=$(STUDENT)
 

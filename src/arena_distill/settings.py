@@ -315,6 +315,10 @@ class MergeSettings:
             raise ConfigError(f"merge method must be one of {MERGE_METHODS}, got {self.method!r}")
 
 
+# stages.quantize.method: GPTQ (gptqmodel), bitsandbytes LLM.int8, or the fp16 copy
+QUANTIZE_METHODS = ("gptq", "bnb_int8", "none")
+
+
 @dataclass(kw_only=True)
 class QuantSettings:
     """The GPTQ run (``quantize.quantize_model``)."""
@@ -333,10 +337,19 @@ class QuantSettings:
 
 @dataclass(kw_only=True)
 class QuantizeSettings(QuantSettings):
+    """``stages.quantize``: the method (``quantize_methods``) and, for ``gptq``, its knobs."""
+
     source: str
     out_dir: str
+    method: str = "gptq"  # gptq | bnb_int8 | none (QUANTIZE_METHODS)
     eval_batch_size: int = 16
     eval_max_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in QUANTIZE_METHODS:
+            raise ConfigError(
+                f"stages.quantize.method must be one of {QUANTIZE_METHODS}, got {self.method!r}"
+            )
 
     def gptq(self) -> QuantSettings:
         """The GPTQ knobs alone."""

@@ -326,3 +326,87 @@ def test_predict_csv_equals_the_predict_stage(trained_run, tmp_path):  # noqa: F
     sb = read_submission(out_csv)
     assert sa["id"].tolist() == sb["id"].tolist()
     np.testing.assert_allclose(sa.iloc[:, 1:].to_numpy(), sb.iloc[:, 1:].to_numpy(), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The wheels follow the packaged model folder's quantize method
+# ---------------------------------------------------------------------------------------------
+
+QUANT_WHEELS = {"optimum", "gptqmodel", "bitsandbytes"}
+
+
+def _names(reqs):
+    import re
+
+    return {re.split(r"[<>=!~ \[]", r, maxsplit=1)[0].lower() for r in reqs}
+
+
+def test_kaggle_requirements_by_folder_method(tmp_path):
+    script = _load_script()
+    base = {"hydra-core", "omegaconf", "antlr4-python3-runtime", "peft"}
+    configs = {
+        "gptq": {"quantization_config": {"quant_method": "gptq", "bits": 8}},
+        "bnb_int8": {"quantization_config": {"quant_method": "bitsandbytes", "load_in_8bit": True}},
+        "none": {"dtype": "float16", "arena_distill": {"quantize_method": "none"}},
+    }
+    gptq = {"optimum", "gptqmodel", "pypcre", "logbar", "device-smi", "tokenicer", "defuser"}
+    expected = {"gptq": gptq, "bnb_int8": {"bitsandbytes"}, "none": set()}
+    for method, config in configs.items():
+        folder = tmp_path / method
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": "llama", **config}))
+        assert script.model_method(folder) == method
+        reqs = script.kaggle_requirements(method)
+        assert _names(reqs) == base | expected[method], method
+        assert all("==" in r for r in reqs), reqs  # at the project's pins
+    assert "bitsandbytes==0.50.2" in script.kaggle_requirements("bnb_int8")
+    without = script.kaggle_requirements("gptq", without=["gptqmodel"])
+    assert _names(without) == base | gptq - {"gptqmodel"}
+    # a folder whose records disagree is refused, naming the folder
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(
+        json.dumps({"model_type": "llama", "arena_distill": {"quantize_method": "bnb_int8"}})
+    )
+    with pytest.raises(SystemExit, match="cannot tell which wheels"):
+        script.model_method(bad)
+
+
+def test_package_downloads_the_wheels_of_the_folder_method(trained_run, tmp_path, monkeypatch):  # noqa: F811
+    """A bitsandbytes LLM.int8 folder gets bitsandbytes, never optimum / gptqmodel (the download
+    itself is stubbed here; tests/integration/test_kaggle_offline_install.py does it for real)."""
+    from arena_distill.models.factory import load_tokenizer
+    from arena_distill.quantize_methods import quantize_bnb_int8, save_model
+
+    source = Path(trained_run.cfg.stages.tiny_models.out_dir) / "tiny_llama"
+    folder = tmp_path / "int8"
+    save_model(
+        quantize_bnb_int8(source, device="cpu"),
+        load_tokenizer({"name_or_path": str(source)}),
+        folder,
+        "bnb_int8",
+    )
+    script = _load_script()
+    asked: list[str] = []
+
+    def fake_download(reqs, dest, python_version, find_links=()):
+        asked.extend(reqs)
+        return []
+
+    monkeypatch.setattr(script, "download_deps", fake_download)
+    out = tmp_path / "dataset"
+    args = ["--model-dir", str(folder), "--out", str(out), "--kaggle-user", "tester"]
+    script.main([*args, "--", *small_overrides(trained_run.root)])
+    names = _names(asked)
+    assert "bitsandbytes" in names and not names & {"optimum", "gptqmodel"}
+    assert (
+        json.loads((out / "model" / "config.json").read_text())["quantization_config"][
+            "quant_method"
+        ]
+        == "bitsandbytes"
+    )
+    # the tiny model folder (no quantization) needs no quantization wheel at all
+    asked.clear()
+    tiny = ["--model-dir", str(source), "--out", str(tmp_path / "d2"), "--kaggle-user", "tester"]
+    script.main([*tiny, "--", *small_overrides(trained_run.root)])
+    assert asked and not _names(asked) & QUANT_WHEELS

@@ -1,4 +1,5 @@
-"""Stage ``quantize`` on the shared trained run: a merged teacher fold -> GPTQ 8-bit."""
+"""Stage ``quantize`` on the shared trained run: a merged teacher fold -> GPTQ 8-bit, bitsandbytes
+LLM.int8, or the fp16 copy."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from arena_distill.io import StageInputError, read_json
+from arena_distill.quantize_methods import MARKER, folder_method
 
 from .conftest import small_cfg
 
@@ -67,6 +69,7 @@ def test_quantize_stage(trained_run, merged_dir):
     ):
         assert key in m, key
     print("stage metrics:", m)
+    assert m["method"] == "gptq"
     assert m["bits"] == 8 and m["group_size"] == 128
     assert m["n_calibration"] == 12
     # the tiny Llama has 2048 positions: the recipe's 2100 is clamped
@@ -82,12 +85,60 @@ def test_quantize_stage(trained_run, merged_dir):
     assert manifest["stage"] == "quantize"
     assert manifest["source"] == str(merged_dir)
     assert any(i["path"].endswith("train.parquet") for i in manifest["inputs"])
+    assert manifest["outputs"]["method"] == "gptq"
+    assert manifest["config"]["stage"]["method"] == "gptq"
+    assert folder_method(out) == "gptq"
 
     src = AutoModelForSequenceClassification.from_pretrained(merged_dir)
     back = AutoModelForSequenceClassification.from_pretrained(out)
     assert type(back.score) is nn.Linear
     assert torch.equal(back.score.weight, src.score.weight)
     assert any(hasattr(mod, "qweight") for mod in back.modules())
+
+
+@pytest.mark.parametrize("method", ["bnb_int8", "none"])
+def test_quantize_stage_other_methods(trained_run, merged_dir, method):
+    """The same outputs and metrics.json keys as GPTQ; no calibration, GPTQ's own keys None."""
+    from transformers import AutoModelForSequenceClassification
+
+    from arena_distill.stages import quantize
+
+    out = trained_run.root / "quantize_test" / method
+    cfg = stage_cfg(trained_run, merged_dir, out, f"stages.quantize.method={method}")
+    assert quantize.run(cfg) == out
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.json"):
+        assert (out / name).is_file(), name
+    m = read_json(out / "metrics.json")
+    gptq = read_json(trained_run.root / "quantize_test" / "quantized" / "metrics.json")
+    if "method" in gptq:  # the GPTQ test ran first in this session: the same keys
+        assert set(m) == set(gptq)
+    print(f"{method} stage metrics:", m)
+    assert m["method"] == method and m["bits"] == (8 if method == "bnb_int8" else 16)
+    assert m["n_calibration"] is None and m["group_size"] is None
+    assert m["group_size_effective"] is None and m["block_name_to_quantize"] is None
+    assert m["head_intact"] and m["head"] == "score" and m["finite"]
+    assert m["eval_split"] in ("holdout", "fold_0_valid") and m["rows"] > 0
+    assert m["relative_error"] < (0.1 if method == "bnb_int8" else 0.01)
+    assert abs(m["log_loss_delta"]) < 0.05
+    assert m["quantized_layers"] == (14 if method == "bnb_int8" else 0)
+    manifest = read_json(out / "manifest.json")
+    assert manifest["outputs"]["method"] == method
+    assert manifest["outputs"]["calibration_rows"] == 0
+    config = read_json(out / "config.json")
+    assert config[MARKER] == {"quantize_method": method}
+    assert folder_method(out) == method
+
+    src = AutoModelForSequenceClassification.from_pretrained(merged_dir)
+    back = AutoModelForSequenceClassification.from_pretrained(out)
+    assert type(back.score) is nn.Linear
+    if method == "bnb_int8":
+        assert config["quantization_config"]["quant_method"] == "bitsandbytes"
+        assert torch.equal(back.score.weight, src.score.weight)
+        assert back.model.layers[0].mlp.down_proj.weight.dtype == torch.int8
+    else:
+        assert "quantization_config" not in config and config["dtype"] == "float16"
+        assert torch.equal(back.score.weight, src.score.weight.half())
+        assert {p.dtype for p in back.parameters()} == {torch.float16}
 
 
 def test_quantize_stage_refuses_missing_source(trained_run, tmp_path):

@@ -1,18 +1,25 @@
-"""Stage ``quantize``: the merged classifier -> GPTQ 8-bit, score head kept, drift measured.
+"""Stage ``quantize``: the merged classifier -> an 8-bit (or fp16) folder, head kept, drift measured.
 
 Reads ``stages.quantize.source`` (default ``${run_dir}/merged/``, the merge stage's output: any
 full Hugging Face sequence-classification folder with its tokenizer) and the data stage's
-``train.parquet`` / ``folds.csv``. Calibration rows are ``n_calibration`` cv rows drawn with
-``seed``, rendered and tokenised with the run's prompt config (the inference template) and cut
-to ``calibration_max_length`` tokens (at most the model's positions). GPTQ runs through
-transformers' ``GPTQConfig`` (gptqmodel, ``backend``); the head (``score`` / ``classifier``)
-stays unquantized, which the stage checks on the reloaded output.
+``train.parquet`` / ``folds.csv``. ``stages.quantize.method`` (``quantize_methods``):
 
-Writes ``stages.quantize.out_dir`` (default ``${run_dir}/quantized/``), atomically: the quantized
-model (``config.json`` with its ``quantization_config``, ``model.safetensors``, tokenizer;
-reload with ``AutoModelForSequenceClassification.from_pretrained``), ``metrics.json`` (logit
-drift against the source on the holdout rows, or fold 0's validation rows when there is no
-holdout; group sizes used; calibration; seconds) and ``manifest.json``.
+* ``gptq``: transformers' ``GPTQConfig`` (gptqmodel, ``backend``) on ``n_calibration`` cv rows
+  drawn with ``seed``, rendered and tokenised with the run's prompt config (the inference
+  template) and cut to ``calibration_max_length`` tokens (at most the model's positions);
+* ``bnb_int8``: bitsandbytes LLM.int8 (``BitsAndBytesConfig(load_in_8bit=True)``), no
+  calibration, on the GPU when there is one;
+* ``none``: the source as float16.
+
+The head (``score`` / ``classifier``) stays an unquantized ``nn.Linear`` with the source's
+weights (``none``: cast to float16), which the stage checks on the reloaded output.
+
+Writes ``stages.quantize.out_dir`` (default ``${run_dir}/quantized/``), atomically: the model
+folder (``config.json`` with its ``quantization_config`` and ``arena_distill.quantize_method``,
+``model.safetensors``, tokenizer; reload with ``AutoModelForSequenceClassification
+.from_pretrained``), ``metrics.json`` (``method``; logit drift against the source on the
+holdout rows, or fold 0's validation rows when there is no holdout; for GPTQ the group sizes
+used and the calibration, None for the other methods; seconds) and ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from arena_distill import settings as config
@@ -56,10 +64,21 @@ from arena_distill.quantize import (
     save_quantized,
     usable_cpus,
 )
+from arena_distill.quantize_methods import (
+    BNB_INT8_BITS,
+    NONE_DTYPE,
+    folder_method,
+    load_fp16,
+    quantize_bnb_int8,
+    save_model,
+    write_marker,
+)
 from arena_distill.text import encode_table
 
 log = logging.getLogger(__name__)
 
+# bits of the stored weights of the methods without a ``bits`` setting
+BITS = {"bnb_int8": BNB_INT8_BITS, "none": 16}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
@@ -86,14 +105,103 @@ def eval_rows(run) -> tuple[str, object]:
     return "fold_0_valid", split_by_fold(run.train, run.folds, 0)[1]
 
 
+def gptq_inputs(stage, run_data, prompt, positions, tokenizer) -> dict:
+    """The GPTQ calibration rows (tokenised as prediction does) and their length."""
+    settings = stage.gptq()
+    seqlen = min(settings.calibration_max_length, positions or settings.calibration_max_length)
+    if seqlen < settings.calibration_max_length:
+        log.info(
+            "calibration length %d clamped to the model's %d positions",
+            settings.calibration_max_length,
+            seqlen,
+        )
+    dataset = calibration_dataset(
+        run_data.rows(CV), tokenizer, prompt, settings.n_calibration, settings.seed, seqlen
+    )
+    return {"settings": settings, "seqlen": seqlen, "dataset": dataset}
+
+
+def warn_narrow_layers(widths: dict[str, int], group_size: int) -> int:
+    narrow = {n: w for n, w in widths.items() if w < group_size}
+    if narrow:
+        log.warning(
+            "%d of %d linear layers have in_features < group_size %d (e.g. %s: %d); gptqmodel "
+            "quantizes them with one group per row (see group_size_effective in metrics.json)",
+            len(narrow),
+            len(widths),
+            group_size,
+            next(iter(narrow)),
+            next(iter(narrow.values())),
+        )
+    return len(narrow)
+
+
+def gptq_metrics(gptq: dict | None, reloaded, narrow: int) -> dict:
+    """The GPTQ-only metrics (all None for the other methods: the keys stay the same)."""
+    if gptq is None:
+        return dict.fromkeys(GPTQ_KEYS)
+    settings, dataset = gptq["settings"], gptq["dataset"]
+    cal_lengths = [len(x["input_ids"][0]) for x in dataset]
+    return {
+        "group_size": settings.group_size,
+        **group_report(reloaded, settings.group_size),
+        "layers_below_group_size_in_source": narrow,
+        "backend": settings.backend,
+        "n_calibration": len(dataset),
+        "n_calibration_requested": settings.n_calibration,
+        "calibration_max_length": gptq["seqlen"],
+        "calibration_max_length_requested": settings.calibration_max_length,
+        "calibration_tokens_mean": float(np.mean(cal_lengths)),
+        "calibration_tokens_max": int(max(cal_lengths)),
+        "calibration_tokens": int(sum(cal_lengths)),
+        "gptqmodel_cpu_workers": int(os.environ.get(CPU_WORKERS_ENV, usable_cpus())),
+    }
+
+
+GPTQ_KEYS = (
+    "group_size",
+    "group_size_effective",
+    "layers_not_at_group_size",
+    "layers_below_group_size_in_source",
+    "backend",
+    "n_calibration",
+    "n_calibration_requested",
+    "calibration_max_length",
+    "calibration_max_length_requested",
+    "calibration_tokens_mean",
+    "calibration_tokens_max",
+    "calibration_tokens",
+    "gptqmodel_cpu_workers",
+)
+
+
+def produce(method: str, source: Path, stage, tokenizer, gptq: dict | None):
+    """The model of ``method`` from ``source`` (in memory, not saved yet)."""
+    if method == "gptq":
+        return quantize_model(
+            source, tokenizer, gptq["dataset"], gptq["settings"], seqlen=gptq["seqlen"]
+        )
+    if method == "bnb_int8":
+        return quantize_bnb_int8(source, stage.dtype)
+    return load_fp16(source)
+
+
+def save(method: str, model, tokenizer, out: Path) -> None:
+    if method == "gptq":
+        save_quantized(model, tokenizer, out)
+        write_marker(out, method)
+    else:
+        save_model(model, tokenizer, out, method)
+
+
 def run(cfg: DictConfig) -> Path:
     from transformers import AutoConfig
 
     from arena_distill.models.factory import load_tokenizer
 
     stage = config.stage(cfg, "quantize")
+    method = stage.method
     source = check_source(Path(stage.source))
-    settings = stage.gptq()
     out_dir = Path(stage.out_dir)
     timer = StageTimer()
 
@@ -101,21 +209,10 @@ def run(cfg: DictConfig) -> Path:
     prompt = prompt_config(cfg)
     model_config = AutoConfig.from_pretrained(str(source))
     positions = model_positions(model_config)
-    seqlen = min(settings.calibration_max_length, positions or settings.calibration_max_length)
     eval_length = min(prompt.max_length, positions or prompt.max_length)
-    if seqlen < settings.calibration_max_length:
-        log.info(
-            "calibration length %d clamped to the model's %d positions",
-            settings.calibration_max_length,
-            seqlen,
-        )
     tokenizer = load_tokenizer({"name_or_path": str(source)})
+    gptq = gptq_inputs(stage, run_data, prompt, positions, tokenizer) if method == "gptq" else None
 
-    cv_rows = run_data.rows(CV)
-    dataset = calibration_dataset(
-        cv_rows, tokenizer, prompt, settings.n_calibration, settings.seed, seqlen
-    )
-    cal_lengths = [len(x["input_ids"][0]) for x in dataset]
     split_name, rows = eval_rows(run_data)
     if stage.eval_max_rows:
         rows = rows.head(int(stage.eval_max_rows))
@@ -129,32 +226,24 @@ def run(cfg: DictConfig) -> Path:
     timer.lap("prepare")
 
     # The source first, then freed: only one full model in memory at a time.
-    source_model = load_classifier(source, settings.dtype)
+    source_model = load_classifier(source, stage.dtype)
     head_name, head_weights = head_state(source_model)
     widths = linear_in_features(source_model, block_name(model_config))
     source_logits = drift_logits(source_model, eval_ids, pad_id, batch)
     del source_model
     gc.collect()
-    narrow = {n: w for n, w in widths.items() if w < settings.group_size}
-    if narrow:
-        log.warning(
-            "%d of %d linear layers have in_features < group_size %d (e.g. %s: %d); gptqmodel "
-            "quantizes them with one group per row (see group_size_effective in metrics.json)",
-            len(narrow),
-            len(widths),
-            settings.group_size,
-            next(iter(narrow)),
-            next(iter(narrow.values())),
-        )
+    narrow = warn_narrow_layers(widths, stage.group_size) if gptq else 0
+    if method == "none":  # the head is saved in float16 too: compare with the source's cast
+        head_weights = {k: v.to(getattr(torch, NONE_DTYPE)) for k, v in head_weights.items()}
     timer.lap("source_logits")
 
-    model = quantize_model(source, tokenizer, dataset, settings, seqlen=seqlen)
+    model = produce(method, source, stage, tokenizer, gptq)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_id
     timer.lap("quantize")
 
     with atomic_dir(out_dir) as tmp:
-        save_quantized(model, tokenizer, tmp)
+        save(method, model, tokenizer, tmp)
         del model
         gc.collect()
         timer.lap("save")
@@ -162,38 +251,34 @@ def run(cfg: DictConfig) -> Path:
         reloaded = load_classifier(tmp)
         ok, why = head_intact(reloaded, head_weights)
         if not ok:
-            raise QuantizationError(f"the score head did not survive quantization: {why}")
+            raise QuantizationError(f"the {method} head did not survive quantization: {why}")
         layers = quantized_layers(reloaded)
-        groups = group_report(reloaded, settings.group_size)
+        if method != "none" and not layers:
+            raise QuantizationError(f"{method}: the reloaded {tmp} has no quantized layer")
+        saved_method = folder_method(tmp)
+        if saved_method != method:
+            raise QuantizationError(f"{tmp} holds a {saved_method!r} model, not {method!r}")
+        method_metrics = gptq_metrics(gptq, reloaded, narrow)
         quant_logits = drift_logits(reloaded, eval_ids, pad_id, batch)
         del reloaded
         timer.lap("quantized_logits")
 
         drift = drift_metrics(source_logits, quant_logits, labels)
         if not drift["finite"]:
-            raise QuantizationError("the quantized model gives non-finite logits")
+            raise QuantizationError(f"the {method} model gives non-finite logits")
         metrics = {
+            "method": method,
             "architecture": (model_config.architectures or [model_config.model_type])[0],
             "model_type": model_config.model_type,
             "eval_split": split_name,
             "eval_max_length": eval_length,
             **drift,
-            "bits": settings.bits,
-            "group_size": settings.group_size,
-            **groups,
-            "layers_below_group_size_in_source": len(narrow),
+            "bits": BITS[method] if gptq is None else gptq["settings"].bits,
+            **method_metrics,
             "quantized_layers": len(layers),
-            "block_name_to_quantize": block_name(model_config),
+            "block_name_to_quantize": block_name(model_config) if gptq else None,
             "head": head_name,
             "head_intact": ok,
-            "backend": settings.backend,
-            "n_calibration": len(dataset),
-            "n_calibration_requested": settings.n_calibration,
-            "calibration_max_length": seqlen,
-            "calibration_max_length_requested": settings.calibration_max_length,
-            "calibration_tokens_mean": float(np.mean(cal_lengths)),
-            "calibration_tokens_max": int(max(cal_lengths)),
-            "gptqmodel_cpu_workers": int(os.environ.get(CPU_WORKERS_ENV, usable_cpus())),
             "seconds": {**timer.phases, "total": timer.to_dict()["seconds"]},
         }
         write_json(tmp / "metrics.json", metrics)
@@ -215,15 +300,17 @@ def run(cfg: DictConfig) -> Path:
                 if p.exists()
             ],
             outputs={
+                "method": method,
                 "metrics": metrics,
-                "calibration_rows": len(dataset),
-                "calibration_tokens": int(sum(cal_lengths)),
+                "calibration_rows": metrics["n_calibration"] or 0,
+                "calibration_tokens": metrics["calibration_tokens"] or 0,
             },
             timer=timer,
             extra={"source": str(source)},
         )
     log.info(
-        "quantized %s -> %s: relative logit error %.4f, max |diff| %.4f on %d %s rows",
+        "%s: %s -> %s: relative logit error %.4f, max |diff| %.4f on %d %s rows",
+        method,
         source,
         out_dir,
         metrics["relative_error"],
