@@ -4,8 +4,8 @@ The README's command for real data, run through the real Makefile: data (union o
 post-pretraining -> MiniLM teacher -> logit dump -> distilled MiniLM-L3 student (and the same
 student without teacher terms) -> merge -> GPTQ -> holdout predictions -> baselines -> report.
 Uses ../shared/data/preference/llmeval2.csv (+ pandalm.csv for pretraining) when present, else
-demo rows in the same layout. The chain runs in one process (`arena-distill pipeline`): `make
-test-slow` (this test and the GPTQ round trip) took 3m37s on 2 idle CPU cores; marked slow.
+demo rows in the same layout. The chain runs in one process (`arena-distill pipeline`): this
+test took 197 s on 2 idle CPU cores (6m47s when every stage was its own process); marked slow.
 """
 
 from __future__ import annotations
