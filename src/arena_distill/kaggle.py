@@ -15,6 +15,7 @@ template) and the model config is inferred from ``config.json``, with a warning.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -393,6 +394,70 @@ def prediction_settings(
         merged = {**settings.to_dict(), **dict(overrides)}
         settings = PredictSettings.from_config(merged, "predict_csv settings")
     return settings
+
+
+def plan_csv(
+    test_csv: str | Path,
+    model_dir: str | Path,
+    *,
+    device: str | None = None,
+    n_devices: int | None = None,
+    settings: Mapping[str, Any] | None = None,
+    fixed_seconds: float = 300.0,
+) -> str:
+    """The time plan of :func:`predict_csv` on ``test_csv`` (``planner``), as a printable
+    table, before any GPU work: the test rows tokenised with the packaged model's tokenizer and
+    prompt, FLOPs from its ``config.json``, the device's rate from ``planner.DEVICES``
+    (``device`` default: the visible GPU's kind, ``t4`` for a Tesla T4; ``cpu`` without one)
+    times ``n_devices`` (default: every visible GPU). The guard inside :func:`predict_csv`
+    then measures the real rate on the first batches and decides; this is the forecast."""
+    import torch
+
+    from arena_distill import planner
+    from arena_distill.models.factory import load_tokenizer
+    from arena_distill.predict import budget_seconds
+    from arena_distill.tokens import encoding_map, tokenize_both_orientations
+
+    model_dir = Path(model_dir)
+    info = read_prompt_file(model_dir)
+    predict = prediction_settings(info, settings)
+    prompt_cfg = _prompt(None, info, model_dir)
+    rows = read_competition(Path(test_csv), summary=DataSummary(), on_bad_row="drop")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device is None:
+        name = torch.cuda.get_device_name(0).lower() if gpus else "cpu"
+        device = next((k for k in planner.DEVICES if k in name), "t4" if gpus else "cpu")
+    rate = planner.DEVICES[device]
+    n = n_devices or max(gpus, 1)
+    longest = int(predict.max_length or prompt_cfg.max_length)
+    lengths_at = [longest]
+    if predict.fallback_max_length and predict.fallback_max_length < longest:
+        lengths_at.append(int(predict.fallback_max_length))
+    tokenizer = load_tokenizer({"name_or_path": str(model_dir)})
+    with tempfile.TemporaryDirectory(prefix="arena-plan-") as cache:
+        enc = encoding_map(
+            tokenize_both_orientations(
+                rows,
+                tokenizer,
+                dataclasses.replace(prompt_cfg, max_length=longest),
+                cache_dir=cache,
+            )
+        )
+    ids = rows["id"].astype(str).tolist()
+    lengths = {o: [len(enc[(i, o)]) for i in ids] for o in (False, True)}
+    plans = planner.project(
+        lengths,
+        planner.Architecture.of(model_dir),
+        max_lengths=lengths_at,
+        flops_per_s=rate.flops_per_s,
+        n_devices=n,
+        batch_size=predict.batch_size,
+        max_tokens=predict.max_tokens_per_batch,
+        budget_s=budget_seconds(predict.time_budget_hours, predict.time_budget_safety),
+        fixed_seconds=fixed_seconds,
+    )
+    header = f"{len(ids)} rows of {test_csv} on {n} x {device} ({rate.flops_per_s / 1e12:.2f} TFLOP/s each)"
+    return planner.render(plans, planner.choose(plans), header)
 
 
 def read_metrics(out_csv: str | Path, work_dir: str | Path | None = None) -> dict[str, Any]:
