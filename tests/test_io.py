@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import types
@@ -121,3 +122,68 @@ def test_require_fresh_refuses_outputs_built_from_changed_inputs(tmp_path):
         StageInputError, match=r"stale: .*train.parquet changed.*arena-distill teacher"
     ):
         require_fresh(out, [src], stage="teacher")
+
+
+def test_a_second_writer_of_the_same_output_is_refused_with_the_holder(tmp_path):
+    from arena_distill.io import OutputBusyError, output_lock
+
+    out = tmp_path / "runs" / "r" / "teachers"
+    with output_lock(out, "arena-distill teacher"):
+        with pytest.raises(OutputBusyError) as err:
+            with output_lock(out, "arena-distill teacher (again)"):
+                pass
+        assert f"pid {os.getpid()}" in str(err.value) and "arena-distill teacher" in str(err.value)
+        with output_lock(tmp_path / "runs" / "r" / "students", "arena-distill distill"):
+            pass  # another output of the same run: free
+    with output_lock(out, "arena-distill teacher"):  # released when the holder is done
+        pass
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    """flock is released by the OS when the holding process dies (SIGKILL included)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from arena_distill.io import output_lock
+
+    out = tmp_path / "merged"
+    code = (
+        "import time, sys; from arena_distill.io import output_lock\n"
+        f"with output_lock({str(out)!r}, 'holder'):\n"
+        "    print('locked', flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    from arena_distill.io import OutputBusyError
+
+    with pytest.raises(OutputBusyError, match="holder"):
+        with output_lock(out, "second"):
+            pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(0.1)
+    with output_lock(out, "after the kill"):
+        pass
+
+
+def test_the_stage_command_refuses_to_write_an_output_another_process_writes(tmp_path):
+    """Two writers of one stage output: the second ``arena-distill <stage>`` exits at once."""
+    import subprocess
+    import sys
+
+    from arena_distill.io import output_lock
+
+    out = tmp_path / "demo"
+    with output_lock(out, "a long demo_data run"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "arena_distill", "demo_data", f"stages.demo_data.out_dir={out}"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=300,
+        )
+    assert proc.returncode == 1
+    assert "busy:" in proc.stderr and "a long demo_data run" in proc.stderr
+    assert not out.exists()

@@ -106,11 +106,8 @@ def test_only_refuses_an_unknown_step():
         run_pipeline(["experiment=demo"], only=["teachers"], dry_run=True)
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    """The whole chain once on a small demo (one teacher, 2 folds), in one process."""
-    root = tmp_path_factory.mktemp("pipeline")
-    overrides = [
+def chain_overrides(root: Path) -> list[str]:
+    return [
         *small_overrides(root),
         "pipeline.teachers=[tiny_llama]",
         "pipeline.student=tiny_qwen2",
@@ -120,8 +117,19 @@ def chain(tmp_path_factory):
         "stages.pretrain.epochs=1",
         "stages.quantize.n_calibration=8",
     ]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """The whole chain once on a small demo (one teacher, 2 folds), in one process."""
+    root = tmp_path_factory.mktemp("pipeline")
+    overrides = chain_overrides(root)
     records = run_pipeline(overrides)
+    FIRST_REPORT.update(json.loads((root / "runs/demo/report/metrics.json").read_text()))
     return root, overrides, records
+
+
+FIRST_REPORT: dict = {}  # the chain's first report (later tests rerun parts of the chain)
 
 
 def test_the_chain_runs_every_stage_and_writes_the_report(chain):
@@ -168,3 +176,12 @@ def test_a_stage_command_and_the_pipeline_step_write_the_same_files(chain):
     mine = sorted(p.name for p in out.iterdir())
     theirs = sorted(p.name for p in (root / "runs" / "demo" / "predictions").iterdir())
     assert mine == theirs
+
+
+def test_determinism_the_same_seed_gives_the_same_numbers(chain, tmp_path):
+    """The whole chain again in another folder: every score of the report is the same, to the
+    last bit (same seed, same machine; training, dumps, merge, GPTQ and prediction included)."""
+    run_pipeline(chain_overrides(tmp_path))
+    again = json.loads((tmp_path / "runs" / "demo" / "report" / "metrics.json").read_text())
+    for key in ("oof_log_loss", "fold_log_loss", "holdout_log_loss", "prior_log_loss"):
+        assert again[key] == FIRST_REPORT[key], key

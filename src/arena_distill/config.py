@@ -92,7 +92,10 @@ def hydra_app(run: Callable[[DictConfig], object]) -> None:
 
     import hydra
 
+    from arena_distill.io import OutputBusyError, output_lock
     from arena_distill.settings import ConfigError, validate
+
+    stage = run.__module__.rsplit(".", 1)[-1]
 
     @functools.wraps(run)
     def checked(cfg: DictConfig) -> object:
@@ -100,6 +103,10 @@ def hydra_app(run: Callable[[DictConfig], object]) -> None:
             validate(cfg)
         except ConfigError as exc:  # a typo: say it plainly, no traceback
             raise SystemExit(f"config error: {exc}") from None
-        return run(cfg)
+        try:
+            with output_lock(cfg.stages[stage].out_dir, f"arena-distill {stage}"):
+                return run(cfg)
+        except OutputBusyError as exc:
+            raise SystemExit(f"busy: {exc}") from None
 
     hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(checked)()

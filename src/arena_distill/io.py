@@ -275,3 +275,44 @@ def remove_dir(path: str | Path) -> None:
     path = Path(path)
     if path.exists():
         shutil.rmtree(path)
+
+
+class OutputBusyError(RuntimeError):
+    """Another process is writing the same stage output (or running the same pipeline)."""
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (a stage's output folder, or a run folder) while the
+    block runs; a second writer fails at once, naming the holder (pid, host, since when).
+
+    The lock is ``<parent>/.<name>.lock`` (``fcntl.flock``: released by the OS when the holder
+    dies, so a killed run never leaves a stale lock behind). Under a launcher only the main
+    process (``RANK`` 0) locks: the other ranks of the same run are not second writers."""
+    if int(os.environ.get("RANK", "0")) != 0 or sys.platform == "win32":
+        yield
+        return
+    import fcntl
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    path = folder.with_name(f".{folder.name}.lock")
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise OutputBusyError(
+                f"{folder} is being written by another process ({holder}); {what} refuses to "
+                "write it at the same time: wait for that process or stop it"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}: {what}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

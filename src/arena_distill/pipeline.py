@@ -44,7 +44,14 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from arena_distill import settings as config
-from arena_distill.io import MANIFEST, file_sha256, read_json, write_json
+from arena_distill.io import (
+    MANIFEST,
+    OutputBusyError,
+    file_sha256,
+    output_lock,
+    read_json,
+    write_json,
+)
 from arena_distill.stages import STAGES
 
 log = logging.getLogger("arena_distill.pipeline")
@@ -316,7 +323,8 @@ def run_step(step: Step, step_cfg: DictConfig, overrides: Sequence[str]) -> floa
     t0 = time.perf_counter()
     try:
         module = importlib.import_module(STAGES[step.stage])
-        module.run(step_cfg)
+        with output_lock(output_dir(step_cfg, step), f"arena-distill pipeline: {step.label}"):
+            module.run(step_cfg)
     finally:
         root.removeHandler(handler)
         handler.close()
@@ -345,6 +353,15 @@ def run_pipeline(
             raise config.ConfigError(f"--only {unknown}: not steps of this pipeline ({choices})")
         steps = [s for s in steps if s.selector in set(only)]
     run_dir = Path(cfg.run_dir)
+    with output_lock(run_dir, "arena-distill pipeline"):  # one pipeline per run folder at a time
+        return _run_steps(steps, overrides, run_dir, force=force, dry_run=dry_run)
+
+
+def _run_steps(
+    steps: list[Step], overrides: list[str], run_dir: Path, *, force: bool, dry_run: bool
+) -> list[dict]:
+    from arena_distill.config import compose
+
     state = read_state(run_dir)
     progress = Progress(steps, dict(state))
     records = []
@@ -410,5 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_pipeline(args.overrides, only=only, force=args.force, dry_run=args.dry_run)
     except config.ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
+        return 1
+    except OutputBusyError as exc:
+        print(f"busy: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -258,6 +258,10 @@ def test_qlora_trains_through_the_trainer_on_cpu(run):
     assert changed and len(changed) == len(lora_before)
 
 
+@pytest.mark.skipif(
+    torch.cuda.is_available() and torch.cuda.device_count() < 2,
+    reason="two processes need two GPUs on a CUDA machine (one process per GPU)",
+)
 def test_two_processes_with_torchrun(run):
     root, cfg = run
     out = root / "ddp"
@@ -314,3 +318,16 @@ def test_tensorboard_tracking_writes_event_files_into_the_run_folder(run):
     assert len(events) == 1 and b"train/loss" in events[0].read_bytes()
     with pytest.raises(RuntimeError, match="needs the wandb package"):
         tracking_callbacks(small_cfg(root, "logging.report_to=[wandb]"), "teacher")
+
+
+def test_a_launch_with_more_processes_than_gpus_is_refused_clearly(monkeypatch):
+    from arena_distill import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert distributed.train_device() == "cuda:0"
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(distributed.LaunchError, match="LOCAL_RANK 1 .of 2.* only 1 visible GPU"):
+        distributed.train_device()
