@@ -20,7 +20,16 @@ from arena_distill import settings as config
 from arena_distill.data.folds import read_folds
 from arena_distill.data.tableio import load_table
 from arena_distill.io import StageInputError, file_sha256
-from arena_distill.layout import EXTRA, FOLDS, HOLDOUT, TEST, TRAIN, RunData, rows_in_split
+from arena_distill.layout import (
+    EXTRA,
+    FOLDS,
+    HOLDOUT,
+    PRETRAIN,
+    TEST,
+    TRAIN,
+    RunData,
+    rows_in_split,
+)
 from arena_distill.text import PromptConfig
 from arena_distill.tokens import encoding_map, tokenize_both_orientations
 
@@ -45,6 +54,11 @@ def data_key(*paths: Path) -> str:
 def labelled_key(data_dir: Path) -> str:
     """The data key of the labelled rows (train + extra) every training stage encodes."""
     return data_key(data_dir / TRAIN, data_dir / EXTRA)
+
+
+def pretrain_key(data_dir: Path) -> str:
+    """The data key of the post-pretraining rows (the pretrain stage's)."""
+    return data_key(data_dir / PRETRAIN)
 
 
 def test_key(data_dir: Path) -> str:

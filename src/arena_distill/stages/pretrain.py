@@ -21,7 +21,7 @@ from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.tableio import load_table
 from arena_distill.distributed import barrier, is_main_process, train_device
-from arena_distill.encode import data_key, encodings, prompt_config
+from arena_distill.encode import encodings, pretrain_key, prompt_config
 from arena_distill.io import (
     StageInputError,
     StageTimer,
@@ -54,7 +54,7 @@ def run(cfg: DictConfig) -> Path:
     timer = StageTimer()
     tokenizer = load_tokenizer(cfg.model)
     prompt = prompt_config(cfg, settings.max_length)
-    enc = encodings(table, tokenizer, prompt, cfg, data_key(data_dir / PRETRAIN))
+    enc = encodings(table, tokenizer, prompt, cfg, pretrain_key(data_dir))
     examples = make_examples(
         table["id"].tolist(), table["label"].astype(int).tolist(), enc, swap=settings.swap
     )

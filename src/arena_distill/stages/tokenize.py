@@ -27,15 +27,22 @@ from omegaconf import DictConfig, OmegaConf
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.tableio import load_table
-from arena_distill.encode import cache_dir, data_key, holdout_key, prompt_config, test_key
+from arena_distill.encode import (
+    cache_dir,
+    labelled_key,
+    pretrain_key,
+    prompt_config,
+    rows_to_predict,
+)
 from arena_distill.io import (
+    StageInputError,
     StageTimer,
     atomic_dir,
     require_stage_output,
     write_json,
     write_manifest,
 )
-from arena_distill.layout import EXTRA, FOLDS, HOLDOUT, PRETRAIN, TEST, TRAIN, read_run_data
+from arena_distill.layout import EXTRA, FOLDS, PRETRAIN, TEST, TRAIN, read_run_data
 from arena_distill.models.factory import load_tokenizer
 from arena_distill.tokens import tokenize_both_orientations
 
@@ -76,20 +83,21 @@ def jobs(cfg: DictConfig, data_dir: Path) -> list[tuple[str, object, str, list[i
     out = []
     predict_budget = [stages["predict"].max_length]
     if "train" in want:
-        run = read_run_data(data_dir)
         budgets = _budgets(stages["teacher"].max_length, stages["distill"].max_length)
-        out.append(("train", run.labelled, data_key(data_dir / TRAIN, data_dir / EXTRA), budgets))
+        labelled = read_run_data(data_dir).labelled
+        out.append(("train", labelled, labelled_key(data_dir), budgets))
     if "pretrain" in want and (data_dir / PRETRAIN).exists():
         rows = load_table(data_dir / PRETRAIN)
         if len(rows):
-            key = data_key(data_dir / PRETRAIN)
-            out.append(("pretrain", rows, key, [stages["pretrain"].max_length]))
-    if "test" in want and (data_dir / TEST).exists():
-        out.append(("test", load_table(data_dir / TEST), test_key(data_dir), predict_budget))
-    if "holdout" in want:
-        rows = read_run_data(data_dir).rows(HOLDOUT)
-        if len(rows):
-            out.append(("holdout", rows, holdout_key(data_dir), predict_budget))
+            out.append(("pretrain", rows, pretrain_key(data_dir), [stages["pretrain"].max_length]))
+    # the rows the predict stage reads, with its keys (a table the run lacks is skipped)
+    for split in ("test", "holdout"):
+        if split in want:
+            try:
+                rows, _, key = rows_to_predict(data_dir, split)
+            except StageInputError:
+                continue
+            out.append((split, rows, key, predict_budget))
     return out
 
 
