@@ -415,7 +415,7 @@ def plan_csv(
 
     from arena_distill import planner
     from arena_distill.models.factory import load_tokenizer
-    from arena_distill.predict import budget_seconds
+    from arena_distill.predict import budget_seconds, candidate_lengths
     from arena_distill.tokens import encoding_map, tokenize_both_orientations
 
     model_dir = Path(model_dir)
@@ -429,10 +429,10 @@ def plan_csv(
         device = next((k for k in planner.DEVICES if k in name), "t4" if gpus else "cpu")
     rate = planner.DEVICES[device]
     n = n_devices or max(gpus, 1)
-    longest = int(predict.max_length or prompt_cfg.max_length)
-    lengths_at = [longest]
-    if predict.fallback_max_length and predict.fallback_max_length < longest:
-        lengths_at.append(int(predict.fallback_max_length))
+    lengths_at = candidate_lengths(
+        predict.max_length or prompt_cfg.max_length, predict.fallback_max_length
+    )
+    longest = lengths_at[0]
     tokenizer = load_tokenizer({"name_or_path": str(model_dir)})
     with tempfile.TemporaryDirectory(prefix="arena-plan-") as cache:
         enc = encoding_map(

@@ -73,19 +73,13 @@ class Plan:
     tta: bool
 
 
-def plan_tokens(
-    lengths: Mapping[bool, Sequence[int]], plan: Plan, batch_size: int, max_tokens: int | None
-) -> int:
-    """Padded positions ``plan`` computes; lengths above ``plan.max_length`` are capped there
-    (re-encoding at a shorter budget gives at most that many tokens, the rest are unchanged)."""
-    total = 0
-    for o in (ORIGINAL, SWAPPED) if plan.tta else (ORIGINAL,):
-        capped = np.minimum(np.asarray(lengths[o], dtype=np.int64), plan.max_length)
-        if not len(capped):
-            continue
-        budget = max_tokens if max_tokens is not None else batch_size * plan.max_length
-        total += padded_tokens(capped, make_batches(capped, batch_size, budget))
-    return total
+def candidate_lengths(max_length: int, fallback_max_length: int | None) -> list[int]:
+    """The token budgets a plan may use, longest first: the requested one and the fallback
+    when it is shorter (the guard's and the planner's candidates)."""
+    out = [int(max_length)]
+    if fallback_max_length and int(fallback_max_length) < out[0]:
+        out.append(int(fallback_max_length))
+    return out
 
 
 def plan_work(
@@ -95,25 +89,30 @@ def plan_work(
     max_tokens: int | None,
     arch=None,
 ) -> float:
-    """What ``plan`` costs: its forward FLOPs when the architecture is known
-    (``planner.Architecture``), else its padded positions (``plan_tokens``)."""
-    if arch is None:
-        return float(plan_tokens(lengths, plan, batch_size, max_tokens))
-    from arena_distill.planner import project
+    """What ``plan`` costs on the engine's batches: forward FLOPs when the architecture is
+    known (``planner.Architecture``), else padded positions. Lengths above
+    ``plan.max_length`` are capped there (re-encoding at a shorter budget gives at most that
+    many tokens, the rest are unchanged)."""
+    total = 0.0
+    for o in (ORIGINAL, SWAPPED) if plan.tta else (ORIGINAL,):
+        capped = np.minimum(np.asarray(lengths[o], dtype=np.int64), plan.max_length)
+        if not len(capped):
+            continue
+        budget = max_tokens if max_tokens is not None else batch_size * plan.max_length
+        if arch is None:
+            total += padded_tokens(capped, make_batches(capped, batch_size, budget))
+        else:
+            from arena_distill.planner import batch_flops
 
-    (row,) = [
-        r
-        for r in project(
-            lengths,
-            arch,
-            max_lengths=[plan.max_length],
-            flops_per_s=1.0,
-            batch_size=batch_size,
-            max_tokens=max_tokens,
-        )
-        if r.tta == plan.tta
-    ]
-    return row.tflops * 1e12
+            total += batch_flops(capped, arch, batch_size, budget)[0]
+    return total
+
+
+def plan_tokens(
+    lengths: Mapping[bool, Sequence[int]], plan: Plan, batch_size: int, max_tokens: int | None
+) -> int:
+    """Padded positions ``plan`` computes (``plan_work`` without an architecture)."""
+    return int(plan_work(lengths, plan, batch_size, max_tokens))
 
 
 @dataclass
@@ -361,7 +360,7 @@ def _run_guard(
     )
     lengths = {o: [len(s) for s in enc[o]] for o in enc}
     fallback = settings.fallback_max_length
-    lens = {requested.max_length, int(fallback) if fallback else requested.max_length}
+    lens = candidate_lengths(requested.max_length, fallback)
     plans = [Plan(m, t) for m in lens for t in (True, False)]
     work = {p: plan_work(lengths, p, batch_size, cfg_max_tokens, arch) for p in plans}
     unit, rate = ("flops", measured["flops_per_s"]) if arch else ("padded_tokens", None)

@@ -34,20 +34,9 @@ from arena_distill.io import (
     write_manifest,
 )
 from arena_distill.models.factory import load_tokenizer
-from arena_distill.predict import budget_seconds
+from arena_distill.predict import budget_seconds, candidate_lengths
 
 log = logging.getLogger(__name__)
-
-
-def candidate_lengths(cfg: DictConfig, settings: config.PlanSettings) -> list[int]:
-    predict = config.stage(cfg, "predict")
-    if settings.max_lengths:
-        return sorted(set(settings.max_lengths), reverse=True)
-    first = int(predict.max_length or config.prompt(cfg).max_length)
-    fallback = predict.fallback_max_length
-    return sorted(
-        {first, int(fallback)} if fallback and fallback < first else {first}, reverse=True
-    )
 
 
 def row_lengths(cfg: DictConfig, settings: config.PlanSettings, longest: int) -> dict[bool, list]:
@@ -76,7 +65,11 @@ def run(cfg: DictConfig) -> Path:
         )
     arch_name = settings.architecture or str(cfg.model.name_or_path)
     arch = planner.Architecture.of(arch_name)
-    lengths_at = candidate_lengths(cfg, settings)
+    if settings.max_lengths:
+        lengths_at = sorted(set(settings.max_lengths), reverse=True)
+    else:
+        first = predict.max_length or config.prompt(cfg).max_length
+        lengths_at = candidate_lengths(first, predict.fallback_max_length)
     lengths = row_lengths(cfg, settings, lengths_at[0])
     n = len(lengths[False])
     scale = settings.rows / n if settings.rows else 1.0
