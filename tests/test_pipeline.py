@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from arena_distill.config import compose
 from arena_distill.pipeline import model_paths_of, plan, read_state, run_pipeline
@@ -180,8 +181,24 @@ def test_a_stage_command_and_the_pipeline_step_write_the_same_files(chain):
 
 def test_determinism_the_same_seed_gives_the_same_numbers(chain, tmp_path):
     """The whole chain again in another folder: every score of the report is the same, to the
-    last bit (same seed, same machine; training, dumps, merge, GPTQ and prediction included)."""
+    last bit on a CPU (same seed, same machine; training, dumps, merge, GPTQ and prediction
+    included). CUDA kernels (atomic adds in backward) are not bit-reproducible by default:
+    there the scores must agree to 1e-3."""
     run_pipeline(chain_overrides(tmp_path))
     again = json.loads((tmp_path / "runs" / "demo" / "report" / "metrics.json").read_text())
     for key in ("oof_log_loss", "fold_log_loss", "holdout_log_loss", "prior_log_loss"):
-        assert again[key] == FIRST_REPORT[key], key
+        if not torch.cuda.is_available():
+            assert again[key] == FIRST_REPORT[key], key
+            continue
+        assert sorted(again[key] or {}) == sorted(FIRST_REPORT[key] or {}), key
+        for a, b in zip(_numbers(again[key]), _numbers(FIRST_REPORT[key]), strict=True):
+            assert a == pytest.approx(b, abs=1e-3), key
+
+
+def _numbers(value) -> list[float]:
+    """Every number of a (nested) metrics value, in key order."""
+    if isinstance(value, dict):
+        return [x for k in sorted(value) for x in _numbers(value[k])]
+    if isinstance(value, list):
+        return [x for v in value for x in _numbers(v)]
+    return [] if value is None else [float(value)]

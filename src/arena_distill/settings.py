@@ -27,7 +27,6 @@ dataclass (resolving interpolations), :func:`stage` does it for ``stages.<name>`
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +40,7 @@ from arena_distill.strict import (
     _node_keys,
     build,
     check_keys,
+    narrow,
     nearest_key,
     to_dict,
     unknown_key,
@@ -353,8 +353,7 @@ class QuantizeSettings(QuantSettings):
 
     def gptq(self) -> QuantSettings:
         """The GPTQ knobs alone."""
-        names = {f.name for f in dataclasses.fields(QuantSettings)}
-        return QuantSettings(**{k: getattr(self, k) for k in names})
+        return narrow(self, QuantSettings)
 
 
 EMPTY_A = (0.04, 0.88, 0.08)  # 4th place: P(A, B, tie) when A is empty (mirrored for B)
@@ -427,8 +426,7 @@ class PredictStageSettings(PredictSettings):
 
     def predict(self) -> PredictSettings:
         """The prediction settings alone (what a packaged model carries)."""
-        names = {f.name for f in dataclasses.fields(PredictSettings)}
-        return PredictSettings(**{k: getattr(self, k) for k in names})
+        return narrow(self, PredictSettings)
 
 
 @dataclass(kw_only=True)

@@ -257,3 +257,9 @@ def to_dict(obj: Any) -> dict[str, Any]:
         return v
 
     return plain(dataclasses.asdict(obj))
+
+
+def narrow(obj: Any, cls: type[T]) -> T:
+    """``obj``'s fields that ``cls`` declares, as a ``cls`` (a stage block's settings without
+    its paths, say: ``cls`` a base class of ``type(obj)``)."""
+    return cls(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(cls)})
