@@ -158,3 +158,8 @@ PIPE = experiment=$(EXPERIMENT) $(if $(TRAIN),'data.train.path=[$(TRAIN)]') $(if
 	$(if $(ABLATE),pipeline.ablate=true) $(ARGS)
 pipeline: setup
 	$(PIPELINE) $(PIPE)
+
+# the stale-input checks alone (input fingerprints, refusals naming what changed, overwrite=true)
+.PHONY: test-stale
+test-stale: setup
+	$(PY) -m pytest -q -k stale tests/test_fingerprint.py tests/stages/test_stale_stage.py

@@ -29,6 +29,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback, set_seed
 
+from arena_distill import fingerprint
 from arena_distill import settings as config
 from arena_distill.data.folds import split_by_fold
 from arena_distill.distributed import barrier, is_main_process, train_device
@@ -40,7 +41,6 @@ from arena_distill.io import (
     atomic_dir,
     read_json,
     remove_dir,
-    require_fresh,
     require_stage_output,
     write_json,
     write_manifest,
@@ -108,9 +108,11 @@ def train_fold(
     fields: FieldsFn | None = None,
     init_adapter: Path | None = None,
     callbacks: Sequence[TrainerCallback] = (),
+    stamp: dict | None = None,
 ) -> dict:
     """Train ``cfg.model`` on fold ``fold``'s training rows, keep the best validation checkpoint,
     and write its adapter, OOF predictions and metrics to ``<settings.out_dir>/fold_<fold>/``.
+    ``stamp``: the fold's fingerprint keys for its manifest (``fingerprint.stamp``).
 
     Returns the fold's metrics."""
     out_dir = Path(settings.out_dir)
@@ -203,7 +205,7 @@ def train_fold(
                     "throughput": throughput,
                 },
                 timer=timer,
-                extra={"fold": fold},
+                extra={"fold": fold, **(stamp or {})},
             )
         remove_dir(work)
     barrier()
@@ -217,8 +219,11 @@ def train_fold(
     return metrics
 
 
-def combine_folds(cfg: DictConfig, out_dir: Path, n_folds: int, *, stage: str) -> Path:
-    """Once every fold is done: ``oof.parquet`` (every cv id once), ``metrics.json``, manifest."""
+def combine_folds(
+    cfg: DictConfig, out_dir: Path, n_folds: int, *, stage: str, stamp: dict | None = None
+) -> Path:
+    """Once every fold is done: ``oof.parquet`` (every cv id once), ``metrics.json``, manifest
+    (``stamp``: its fingerprint keys, the folds' manifests among its upstreams)."""
     oof = pd.concat(
         [pd.read_parquet(fold_dir(out_dir, k) / "oof.parquet") for k in range(n_folds)],
         ignore_index=True,
@@ -241,6 +246,7 @@ def combine_folds(cfg: DictConfig, out_dir: Path, n_folds: int, *, stage: str) -
         config={"model": OmegaConf.to_container(cfg.model, resolve=True)},
         inputs=[fold_dir(out_dir, k) / "oof.parquet" for k in range(n_folds)],
         outputs={"oof_log_loss": overall["log_loss"], "oof_log_loss_tta": overall["log_loss_tta"]},
+        extra=stamp,
     )
     log.info(
         "%s %s: OOF log loss %.4f (swap-TTA %.4f) over %d rows; folds %s",
@@ -254,6 +260,34 @@ def combine_folds(cfg: DictConfig, out_dir: Path, n_folds: int, *, stage: str) -
     return out_dir
 
 
+def fold_blocks(stage: str) -> tuple[str, ...]:
+    """The settings a fold of ``stage`` records (and its readers compare)."""
+    extra = ("pipeline.teachers",) if stage == "distill" else ()
+    return ("model", "prompt", f"stages.{stage}", *fingerprint.DATA_SPLIT, *extra)
+
+
+def folds_fingerprint(cfg: DictConfig, run: RunData, stage: str, upstream: Sequence[Path]) -> dict:
+    """What every fold of ``stage`` is built from now: its settings, the labelled data files
+    and folds, its upstream outputs (the pretrain adapter, the tiny models, teacher dumps)."""
+    run_dir = cfg.run_dir
+    return fingerprint.make(
+        stage,
+        settings=fingerprint.settings(cfg, fold_blocks(stage)),
+        files=fingerprint.file_hashes(run.files, run_dir),
+        upstream=fingerprint.upstream_ids([*upstream, *fingerprint.model_folder(cfg)], run_dir),
+    )
+
+
+def stale_fold(out_dir: Path, fold: int, expected: dict, run_dir: str) -> list[str]:
+    """Why finished fold ``fold`` does not fit ``expected`` (its fingerprint now); [] if it does."""
+    folder = fold_dir(out_dir, fold)
+    old = fingerprint.recorded(folder)
+    if old is None:
+        return [f"{folder} has no input fingerprint"]
+    name = fingerprint.label(folder, run_dir)
+    return fingerprint.differences(name, old, {**expected, "fold": fold})
+
+
 def run_folds(
     cfg: DictConfig,
     run: RunData,
@@ -262,17 +296,41 @@ def run_folds(
     settings: TeacherSettings,
     loss_fn: LossFn = cross_entropy,
     fields_for_fold: Callable[[int], FieldsFn] | None = None,
+    upstream: Sequence[Path] = (),
+    accepted: Sequence[str] = (),
 ) -> Path:
-    """Train every requested fold not yet done, then combine when all folds are done."""
+    """Train every requested fold not yet done, then combine when all folds are done.
+
+    Checks its inputs first (the data stage's output; the pretrain adapter): a stale one is
+    refused (``fingerprint.check_input``). A finished fold whose fingerprint differs from what
+    the fold would be built from now (a setting, a data file, an upstream output changed) is
+    retrained, with the changes logged; a fresh one is skipped unless ``overwrite``
+    (``stages.<stage>.overwrite`` or the root ``overwrite``). ``upstream``: more outputs the
+    folds are built from (the teachers' dumps), already checked by the caller, who passes the
+    changes ``overwrite=true`` accepted in ``accepted``."""
     out_dir = Path(settings.out_dir)
+    run_dir = str(cfg.run_dir)
+    accepted = [*accepted, *fingerprint.check_data(cfg, run.data_dir)]
     init_adapter = pretrain_adapter(cfg) if settings.init_from_pretrain else None
+    upstream = list(upstream)
+    if init_adapter is not None:
+        accepted += fingerprint.check_input(
+            init_adapter.parent, cfg, ("model", "prompt", "stages.pretrain")
+        )
+        upstream.append(init_adapter.parent)
+    expected = folds_fingerprint(cfg, run, stage, upstream)
+    retrain = settings.overwrite or fingerprint.overwrite(cfg)
     tokenizer = load_tokenizer(cfg.model)
     enc = labelled_encodings(cfg, run, tokenizer, settings.max_length)
     for fold in folds_to_run(settings.folds, run.n_folds):
-        if fold_done(out_dir, fold) and not settings.overwrite:
-            require_fresh(fold_dir(out_dir, fold), run.files, stage=stage)
-            log.info("fold %d already done (%s): skipped", fold, fold_dir(out_dir, fold))
-            continue
+        if fold_done(out_dir, fold) and not retrain:
+            changes = stale_fold(out_dir, fold, expected, run_dir)
+            if not changes:
+                log.info("fold %d already done (%s): skipped", fold, fold_dir(out_dir, fold))
+                continue
+            log.warning("fold %d is stale, retrained: %s", fold, "; ".join(changes))
+        if is_main_process() and (out_dir / MANIFEST).is_file():
+            (out_dir / MANIFEST).unlink()  # the folds are about to change: not finished now
         train_fold(
             cfg,
             run,
@@ -283,7 +341,30 @@ def run_folds(
             loss_fn=loss_fn,
             fields=fields_for_fold(fold) if fields_for_fold else None,
             init_adapter=init_adapter,
+            stamp=fingerprint.stamp({**expected, "fold": fold}, accepted),
         )
-    if is_main_process() and all(fold_done(out_dir, k) for k in range(run.n_folds)):
-        combine_folds(cfg, out_dir, run.n_folds, stage=stage)
+    if not is_main_process():
+        return out_dir
+    stale = {
+        k: stale_fold(out_dir, k, expected, run_dir)
+        for k in range(run.n_folds)
+        if fold_done(out_dir, k)
+    }
+    missing = [k for k in range(run.n_folds) if k not in stale]
+    if missing or any(stale.values()):
+        log.info(
+            "not combining the folds of %s: %s",
+            out_dir,
+            ", ".join(
+                [f"fold {k} not done" for k in missing]
+                + [f"fold {k} stale ({'; '.join(v)})" for k, v in stale.items() if v]
+            ),
+        )
+        return out_dir
+    folds = [fold_dir(out_dir, k) for k in range(run.n_folds)]
+    combined = {
+        **expected,
+        "upstream": {**expected["upstream"], **fingerprint.upstream_ids(folds, run_dir)},
+    }
+    combine_folds(cfg, out_dir, run.n_folds, stage=stage, stamp=fingerprint.stamp(combined))
     return out_dir

@@ -256,7 +256,8 @@ class PredictRequest:
     a peft adapter on it). ``prompt``: the template the model was trained with. ``data_key``
     names the rows in the token cache (None: their content hash). ``sample_ids``: the sample
     submission's ids, which the submission must match. ``inputs`` and ``manifest_config`` go
-    into the manifest. ``t_start`` (a ``time.perf_counter()`` value) is when the time budget
+    into the manifest, and so do the keys of ``manifest_extra`` (the stage's input fingerprint,
+    ``fingerprint.stamp``). ``t_start`` (a ``time.perf_counter()`` value) is when the time budget
     started (None: now)."""
 
     rows: pd.DataFrame
@@ -272,6 +273,7 @@ class PredictRequest:
     split: str = "test"
     inputs: Sequence[Path] = ()
     manifest_config: Mapping[str, Any] | None = None
+    manifest_extra: Mapping[str, Any] | None = None
     t_start: float | None = None
 
     @property
@@ -568,6 +570,7 @@ def predict_rows(request: PredictRequest, settings: PredictSettings) -> Path:
                 "throughput": throughput,
             },
             timer=timer,
+            extra=request.manifest_extra,
         )
     log.info(
         "%d predictions written to %s (%.1f rows/s)", len(ids), out_dir, metrics["rows_per_s"] or 0

@@ -14,7 +14,7 @@ not hours later when the stage that reads the block is reached.
 
 The blocks (``configs/<group>/*.yaml`` → dataclass):
 
-* root keys (``run_name``, ``runs_root``, ``run_dir``, ``seed``) and ``pipeline``
+* root keys (``run_name``, ``runs_root``, ``run_dir``, ``seed``, ``overwrite``) and ``pipeline``
   (:class:`PipelineSettings`), ``logging`` (:class:`LoggingSettings`);
 * ``data`` (:class:`DataSettings`), ``model`` (:class:`ModelSettings`), ``prompt``
   (``text.PromptConfig``);
@@ -485,7 +485,13 @@ STAGE_SETTINGS: dict[str, type] = {
     "plan": PlanSettings,
 }
 
-ROOT_SCALARS = {"run_name": str, "runs_root": str, "run_dir": str, "seed": int}
+ROOT_SCALARS = {
+    "run_name": str,
+    "runs_root": str,
+    "run_dir": str,
+    "seed": int,
+    "overwrite": bool,  # recompute instead of refusing stale inputs (fingerprint.overwrite)
+}
 ROOT_BLOCKS: dict[str, type] = {
     "pipeline": PipelineSettings,
     "logging": LoggingSettings,

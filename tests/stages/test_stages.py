@@ -76,8 +76,11 @@ def test_data_stage_outputs(demo_run):
 def test_data_stage_rerun_reuses_folds_and_refuses_mismatch(demo_run):
     tmp_path, cfg, data_dir, _, _ = demo_run
     before = (data_dir / "folds.csv").read_bytes()
-    # a different fold seed would give other folds: the existing file wins
-    data_stage.run(demo_cfg(tmp_path, "data.folds.seed=7"))
+    data_stage.run(demo_cfg(tmp_path))  # the same settings: the existing file is reused
+    assert (data_dir / "folds.csv").read_bytes() == before
+    # a different fold seed would give other folds: refused (data.folds.overwrite rebuilds)
+    with pytest.raises(StageInputError, match="data.folds.seed=2025, now 7.*overwrite=true"):
+        data_stage.run(demo_cfg(tmp_path, "data.folds.seed=7"))
     assert (data_dir / "folds.csv").read_bytes() == before
     with pytest.raises(DataError, match="overwrite"):
         data_stage.run(demo_cfg(tmp_path, "data.folds.n_folds=4"))

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from arena_distill import fingerprint
 from arena_distill import settings as config
 from arena_distill.baselines import fit_baseline
 from arena_distill.config import hydra_app
@@ -37,6 +38,12 @@ def _table(rows: pd.DataFrame, probs: np.ndarray, **extra) -> pd.DataFrame:
 def run(cfg: DictConfig) -> Path:
     settings = config.stage(cfg, "baselines")
     run_data = load_run_data(cfg)
+    accepted = fingerprint.check_data(cfg, run_data.data_dir)
+    built_from = fingerprint.make(
+        "baselines",
+        settings=fingerprint.settings(cfg, ("stages.baselines", "seed", *fingerprint.DATA_SPLIT)),
+        files=fingerprint.file_hashes(run_data.files, cfg.run_dir),
+    )
     options = dict(
         c=settings.c,
         max_features=settings.max_features,
@@ -82,6 +89,7 @@ def run(cfg: DictConfig) -> Path:
                 inputs=run_data.files,
                 outputs={k: v for k, v in metrics.items() if k != "fold_log_loss"},
                 timer=timer,
+                extra=fingerprint.stamp({**built_from, "baseline": name}, accepted),
             )
             log.info(
                 "baseline %s: OOF log loss %.4f%s",
@@ -99,6 +107,7 @@ def run(cfg: DictConfig) -> Path:
             inputs=run_data.files,
             outputs=scores,
             timer=stage_timer,
+            extra=fingerprint.stamp(built_from, accepted),
         )
     return out_dir
 

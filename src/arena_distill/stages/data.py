@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from arena_distill import fingerprint
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.dedup import dedup_against
@@ -28,7 +29,7 @@ from arena_distill.data.readers import attach_labels, load_source, read_sample_s
 from arena_distill.data.schema import LABEL_NAMES, DataError, empty_table
 from arena_distill.data.summary import DataSummary
 from arena_distill.data.tableio import save_table
-from arena_distill.io import StageTimer, atomic_dir, write_manifest
+from arena_distill.io import StageInputError, StageTimer, atomic_dir, write_manifest
 from arena_distill.layout import EXTRA, FOLDS, PRETRAIN, SUMMARY, TEST, TRAIN
 from arena_distill.settings import DataSpec
 
@@ -146,7 +147,9 @@ def run(cfg: DictConfig) -> Path:
         holdout_frac=dcfg.holdout_frac,
         holdout_seed=dcfg.holdout_seed,
     )
-    if existing.exists() and not fcfg.overwrite:
+    rebuild = fcfg.overwrite or fingerprint.overwrite(cfg)
+    if existing.exists() and not rebuild:
+        check_fold_seeds(cfg, out_dir)
         folds, _ = load_or_create_folds(existing, train, extra, **fold_args)
         log.info("reusing folds from %s", existing)
     else:
@@ -173,11 +176,46 @@ def run(cfg: DictConfig) -> Path:
             inputs=inputs,
             outputs=outputs,
             timer=timer,
+            extra=fingerprint.stamp(data_fingerprint(cfg, inputs)),
         )
     log.info("%s", summary.render())
     log.info("folds (rows per split/fold and label):\n%s", fold_table(folds, train).to_string())
     log.info("data written to %s", out_dir)
     return out_dir
+
+
+# the fold settings a folds file cannot tell by itself (n_folds, grouping and the holdout's
+# presence are checked against the file: data.folds.load_or_create_folds)
+SEEDS = ("data.folds.seed", "data.holdout_seed")
+
+
+def data_fingerprint(cfg: DictConfig, inputs: list[str]) -> dict:
+    """The data stage's fingerprint: the ``data`` block and the raw files read."""
+    return fingerprint.make(
+        "data",
+        settings=fingerprint.settings(cfg, ("data",)),
+        files=fingerprint.file_hashes(inputs, cfg.run_dir),
+    )
+
+
+def check_fold_seeds(cfg: DictConfig, out_dir: Path) -> None:
+    """A reused folds file must have been built with the configured seeds: StageInputError
+    naming the seed otherwise (``data.folds.overwrite=true`` or ``overwrite=true`` rebuilds)."""
+    old = fingerprint.recorded(out_dir)
+    if old is None:
+        return
+    now = fingerprint.settings(cfg, SEEDS)
+    changed = [
+        f"{key}={old['settings'][key]}, now {now[key]}"
+        for key in SEEDS
+        if key in old["settings"] and old["settings"][key] != now[key]
+    ]
+    if changed:
+        raise StageInputError(
+            f"{out_dir / FOLDS} was built with {'; '.join(changed)}: rerun with "
+            "data.folds.overwrite=true (or overwrite=true) to rebuild the folds (every output "
+            "trained on the old folds is then stale), or keep the old seed"
+        )
 
 
 def fold_table(folds: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from arena_distill import fingerprint
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.demo import generate_demo
@@ -39,6 +40,11 @@ def run(cfg: DictConfig) -> Path:
             config=config.to_dict(scfg),
             outputs={name: Path(p).name for name, p in files.items()},
             timer=timer,
+            extra=fingerprint.stamp(
+                fingerprint.make(
+                    "demo_data", settings=fingerprint.settings(cfg, ("stages.demo_data",))
+                )
+            ),
         )
     log.info("demo data (%d train, %d test rows) written to %s", scfg.n_train, scfg.n_test, out_dir)
     return out_dir

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from arena_distill import fingerprint
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.crossval import run_folds
@@ -32,10 +33,14 @@ from arena_distill.losses import DistillLoss
 log = logging.getLogger(__name__)
 
 Lookup = dict[tuple[int, str, bool], np.ndarray]
+# what a teacher dump records that a student's config can vouch for (its ``model`` block is
+# the student's, not the teacher's: the teacher's model is checked through its manifest id)
+DUMP_BLOCKS = ("prompt", "stages.dump_logits", "stages.teacher", *fingerprint.DATA_SPLIT)
 
 
 def load_teacher_logits(logits_dir: Path, teacher: str, data_files: list[Path]) -> Lookup:
-    """``{(fold, id, swapped): logits}`` of one teacher's in-sample (``split=train``) dump."""
+    """``{(fold, id, swapped): logits}`` of one teacher's in-sample (``split=train``) dump,
+    refused when built from other ``data_files`` than these (none given: not checked)."""
     folder = require_stage_output(
         logits_dir / teacher, stage="dump_logits", files=["logits.parquet"]
     )
@@ -83,7 +88,13 @@ def run(cfg: DictConfig) -> Path:
     teachers = config.pipeline(cfg).teachers
     run_data = load_run_data(cfg)
     logits_dir = Path(settings.logits_dir)
-    lookups = {t: load_teacher_logits(logits_dir, t, run_data.files) for t in teachers}
+    dumps = [logits_dir / t for t in teachers]
+    accepted: list[str] = []
+    for dump in dumps:
+        require_stage_output(dump, stage="dump_logits", files=["logits.parquet"])
+        accepted += fingerprint.check_input(dump, cfg, DUMP_BLOCKS)
+    data_files = [] if accepted else run_data.files  # overwrite=true took them as they are
+    lookups = {t: load_teacher_logits(logits_dir, t, data_files) for t in teachers}
     w = settings.weights
     loss = DistillLoss(
         len(teachers),
@@ -110,6 +121,8 @@ def run(cfg: DictConfig) -> Path:
         settings=settings,
         loss_fn=loss,
         fields_for_fold=teacher_fields(lookups),
+        upstream=dumps,
+        accepted=accepted,
     )
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from arena_distill import fingerprint
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.crossval import oof_logits
@@ -29,7 +30,6 @@ from arena_distill.encode import labelled_encodings
 from arena_distill.io import (
     StageTimer,
     atomic_dir,
-    require_fresh,
     require_stage_output,
     write_manifest,
 )
@@ -41,6 +41,11 @@ from arena_distill.train import examples_for
 
 log = logging.getLogger(__name__)
 
+# the settings a dump records (the teacher's budget is stages.teacher.max_length)
+BLOCKS = ("model", "prompt", "stages.dump_logits", "stages.teacher", *fingerprint.DATA_SPLIT)
+# what a teacher fold recorded that this stage's config vouches for (its own model)
+TEACHER_BLOCKS = ("model", "prompt", "stages.teacher", *fingerprint.DATA_SPLIT)
+
 
 def run(cfg: DictConfig) -> Path:
     settings = config.stage(cfg, "dump_logits")
@@ -49,8 +54,19 @@ def run(cfg: DictConfig) -> Path:
     out_dir = Path(settings.out_dir)
     run_data = load_run_data(cfg)
     timer = StageTimer()
-    for fold in range(run_data.n_folds):
-        require_fresh(fold_dir(teacher_dir, fold), run_data.files, stage="teacher")
+    accepted = fingerprint.check_data(cfg, run_data.data_dir)
+    # the folds' combined manifest: the folds' settings and files, the folds' ids upstream
+    accepted += fingerprint.check_input(teacher_dir, cfg, TEACHER_BLOCKS)
+    run_dir = cfg.run_dir
+    stamp = fingerprint.stamp(
+        fingerprint.make(
+            "dump_logits",
+            settings=fingerprint.settings(cfg, BLOCKS),
+            files=fingerprint.file_hashes(run_data.files, run_dir),
+            upstream=fingerprint.upstream_ids([teacher_dir], run_dir),
+        ),
+        accepted,
+    )
     parts = []
     enc = None
     n_rows = n_tokens = 0
@@ -101,6 +117,7 @@ def run(cfg: DictConfig) -> Path:
                     "throughput": throughput,
                 },
                 timer=timer,
+                extra=stamp,
             )
     log.info("%d teacher logits written to %s", len(table), out_dir)
     return out_dir

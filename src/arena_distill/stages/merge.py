@@ -27,7 +27,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from arena_distill import layout
+from arena_distill import fingerprint, layout
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.folds import read_folds
@@ -54,8 +54,13 @@ from arena_distill.merge import (
 log = logging.getLogger(__name__)
 
 
+# what the source's folds record that the merge's config vouches for (its model)
+SOURCE_BLOCKS = ("model", *fingerprint.DATA_SPLIT)
+
+
 def source_folds(cfg: DictConfig) -> tuple[Path, str, list[Path]]:
-    """The checked source folder, the stage that wrote it and its fold adapter folders."""
+    """The checked source folder, the stage that wrote it and its fold adapter folders (stale
+    ones refused, ``fingerprint.check_input``, unless ``overwrite=true``)."""
     source = Path(config.stage(cfg, "merge").source)
     if not (source / MANIFEST).is_file():
         raise StageInputError(
@@ -83,7 +88,8 @@ def source_folds(cfg: DictConfig) -> tuple[Path, str, list[Path]]:
                 f"merge with model={trained_on}"
             )
         recorded = [i["path"] for i in manifest.get("inputs", [])]
-        require_fresh(fold, recorded, stage=stage)
+        if not fingerprint.overwrite(cfg):
+            require_fresh(fold, recorded, stage=stage)
     return source, stage, [source / a for a in adapters]
 
 
@@ -92,6 +98,19 @@ def run(cfg: DictConfig) -> Path:
     out_dir = Path(settings.out_dir)
     timer = StageTimer()
     source, stage, fold_adapters = source_folds(cfg)
+    data_dir = Path(config.stage(cfg, "data").out_dir)
+    accepted = fingerprint.check_data(cfg, data_dir)
+    # the folds' combined manifest: their settings and files, every fold's id upstream
+    accepted += fingerprint.check_input(source, cfg, SOURCE_BLOCKS)
+    stamp = fingerprint.stamp(
+        fingerprint.make(
+            "merge",
+            settings=fingerprint.settings(cfg, ("model", "stages.merge")),
+            files=fingerprint.file_hashes([data_dir / FOLDS], cfg.run_dir),
+            upstream=fingerprint.upstream_ids([source], cfg.run_dir),
+        ),
+        accepted,
+    )
     adapters = [read_adapter(p) for p in fold_adapters]
     merged = merge_adapters(adapters, settings.method, settings.weights)
     timer.lap("average")
@@ -126,6 +145,7 @@ def run(cfg: DictConfig) -> Path:
                 "ab_vs_exact_mean": summary.get("ab_vs_exact_mean"),
             },
             timer=timer,
+            extra=stamp,
         )
     log.info(
         "merged %d %s folds of %s (%s, weights %s) into %s",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from arena_distill import planner
+from arena_distill import fingerprint, planner
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.encode import encodings, prompt_config, rows_to_predict
@@ -33,6 +33,7 @@ from arena_distill.io import (
     write_json,
     write_manifest,
 )
+from arena_distill.layout import FOLDS, TEST, TRAIN
 from arena_distill.models.factory import load_tokenizer
 from arena_distill.predict import budget_seconds, candidate_lengths
 
@@ -52,6 +53,20 @@ def row_lengths(cfg: DictConfig, settings: config.PlanSettings, longest: int) ->
     enc = encodings(rows, tokenizer, prompt_config(cfg, longest), cfg, key)
     ids = rows["id"].astype(str).tolist()
     return {o: [len(enc[(i, o)]) for i in ids] for o in (False, True)}
+
+
+def plan_fingerprint(cfg: DictConfig, settings: config.PlanSettings) -> dict:
+    """The plan's settings (its own, the predict stage's, model, prompt) and the rows' files."""
+    data_dir = Path(config.stage(cfg, "data").out_dir)
+    files = {
+        "test": [data_dir / TEST],
+        "holdout": [data_dir / TRAIN, data_dir / FOLDS],
+    }.get(settings.lengths, [Path(settings.lengths)])
+    return fingerprint.make(
+        "plan",
+        settings=fingerprint.settings(cfg, ("model", "prompt", "stages.plan", "stages.predict")),
+        files=fingerprint.file_hashes(files, cfg.run_dir),
+    )
 
 
 def run(cfg: DictConfig) -> Path:
@@ -125,6 +140,7 @@ def run(cfg: DictConfig) -> Path:
             config={"stage": config.to_dict(settings), "predict": config.to_dict(predict)},
             outputs={"chosen": data["chosen"]},
             timer=timer,
+            extra=fingerprint.stamp(plan_fingerprint(cfg, settings)),
         )
     return out_dir
 

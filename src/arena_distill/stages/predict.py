@@ -20,16 +20,41 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from arena_distill import fingerprint
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.readers import read_sample_submission
 from arena_distill.encode import cache_dir, prompt_config, rows_to_predict
-from arena_distill.io import require_stage_output
+from arena_distill.io import MANIFEST, require_stage_output
 from arena_distill.layout import load_run_data
 from arena_distill.metrics import class_prior
 from arena_distill.predict import PredictRequest, check_model_dir, predict_rows
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+# what a model folder's manifest (quantize, merge) records that prediction must share
+MODEL_DIR_BLOCKS = ("prompt",)
+# what an adapter's fold (teacher, distill) records that prediction must share
+ADAPTER_BLOCKS = ("model", "prompt", *fingerprint.DATA_SPLIT)
+
+
+def model_upstream(settings: config.PredictStageSettings) -> list[Path]:
+    """The stage outputs the predicted model comes from: the model folder (or the tiny-models
+    folder holding it) and the adapter's fold folder, those with a manifest."""
+    model_dir = Path(settings.model_dir)
+    folders = [model_dir, model_dir.parent]
+    if settings.adapter_dir:
+        folders.append(Path(settings.adapter_dir).parent)
+    return [f for f in folders if (f / MANIFEST).is_file()]
+
+
+def check_model(cfg: DictConfig, settings: config.PredictStageSettings) -> list[str]:
+    """Refuse a model folder or adapter built from other inputs than the run's now."""
+    accepted = []
+    for folder in model_upstream(settings):
+        is_fold = settings.adapter_dir and folder == Path(settings.adapter_dir).parent
+        blocks = ADAPTER_BLOCKS if is_fold else MODEL_DIR_BLOCKS
+        accepted += fingerprint.check_input(folder, cfg, blocks)
+    return accepted
 
 
 def tokenizer_dir(settings: config.PredictStageSettings, cfg: DictConfig) -> str:
@@ -46,8 +71,10 @@ def run(cfg: DictConfig) -> Path:
     t_start = time.perf_counter()
     settings = config.stage(cfg, "predict")
     data_dir = require_stage_output(config.stage(cfg, "data").out_dir, stage="data")
+    accepted = fingerprint.check_data(cfg, data_dir)
     rows, inputs, key = rows_to_predict(data_dir, settings.split)
     check_model_dir(settings.model_dir, settings.adapter_dir)
+    accepted += check_model(cfg, settings)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg["name_or_path"] = str(settings.model_dir)
     sample_ids = None
@@ -56,6 +83,18 @@ def run(cfg: DictConfig) -> Path:
         sample_ids = read_sample_submission(sample_path)["id"].tolist()
         inputs.append(Path(sample_path))
     run = load_run_data(cfg)
+    blocks = ("model", "prompt", "stages.predict")
+    if settings.split != "test":
+        blocks += fingerprint.DATA_SPLIT
+    stamp = fingerprint.stamp(
+        fingerprint.make(
+            "predict",
+            settings=fingerprint.settings(cfg, blocks, model=model_cfg),
+            files=fingerprint.file_hashes(inputs, cfg.run_dir),
+            upstream=fingerprint.upstream_ids(model_upstream(settings), cfg.run_dir),
+        ),
+        accepted,
+    )
     prior = class_prior(run.labelled["label"].dropna().astype(int).to_numpy())
     request = PredictRequest(
         rows=rows,
@@ -75,6 +114,7 @@ def run(cfg: DictConfig) -> Path:
             "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
             "stage": config.to_dict(settings),
         },
+        manifest_extra=stamp,
         t_start=t_start,
     )
     return predict_rows(request, settings.predict())

@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
+from arena_distill import fingerprint
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.tableio import load_table
@@ -44,6 +45,16 @@ def run(cfg: DictConfig) -> Path:
     out_dir = Path(settings.out_dir)
     data_dir = require_stage_output(
         config.stage(cfg, "data").out_dir, stage="data", files=[PRETRAIN]
+    )
+    accepted = fingerprint.check_data(cfg, data_dir)
+    stamp = fingerprint.stamp(
+        fingerprint.make(
+            "pretrain",
+            settings=fingerprint.settings(cfg, ("model", "prompt", "stages.pretrain")),
+            files=fingerprint.file_hashes([data_dir / PRETRAIN], cfg.run_dir),
+            upstream=fingerprint.upstream_ids(fingerprint.model_folder(cfg), cfg.run_dir),
+        ),
+        accepted,
     )
     table = load_table(data_dir / PRETRAIN)
     if table.empty:
@@ -119,6 +130,7 @@ def run(cfg: DictConfig) -> Path:
                     k: metrics[k] for k in ("rows", "steps", "last_logged_loss", "throughput")
                 },
                 timer=timer,
+                extra=stamp,
             )
         remove_dir(work)
     barrier()

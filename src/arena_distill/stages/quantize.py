@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from arena_distill import fingerprint
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.folds import split_by_fold
@@ -206,6 +207,27 @@ def run(cfg: DictConfig) -> Path:
     timer = StageTimer()
 
     run_data = load_run_data(cfg)
+    accepted = fingerprint.check_data(cfg, run_data.data_dir)
+    # a stage output (merged/): its files and upstream (the folds it merged) as they are now
+    accepted += fingerprint.check_inputs([source], cfg, ())
+    data_files = [run_data.data_dir / TRAIN, run_data.data_dir / FOLDS]
+    stamp = fingerprint.stamp(
+        fingerprint.make(
+            "quantize",
+            settings=fingerprint.settings(
+                cfg, ("prompt", "stages.quantize", *fingerprint.DATA_SPLIT)
+            ),
+            files=fingerprint.file_hashes(
+                [
+                    *data_files,
+                    *([] if (source / "manifest.json").is_file() else [source / "config.json"]),
+                ],
+                cfg.run_dir,
+            ),
+            upstream=fingerprint.upstream_ids([source], cfg.run_dir),
+        ),
+        accepted,
+    )
     prompt = prompt_config(cfg)
     model_config = AutoConfig.from_pretrained(str(source))
     positions = model_positions(model_config)
@@ -306,7 +328,7 @@ def run(cfg: DictConfig) -> Path:
                 "calibration_tokens": metrics["calibration_tokens"] or 0,
             },
             timer=timer,
-            extra={"source": str(source)},
+            extra={"source": str(source), **stamp},
         )
     log.info(
         "%s: %s -> %s: relative logit error %.4f, max |diff| %.4f on %d %s rows",

@@ -24,13 +24,38 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from arena_distill import fingerprint
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
-from arena_distill.io import StageTimer, atomic_dir, require_stage_output, write_manifest
+from arena_distill.io import (
+    MANIFEST,
+    StageTimer,
+    atomic_dir,
+    require_stage_output,
+    write_manifest,
+)
 from arena_distill.layout import FOLDS, TRAIN
 from arena_distill.report import compare_runs, load_run, write_report
 
 log = logging.getLogger(__name__)
+
+# what every scored output records that the report's config vouches for (the models, the
+# stage settings of each prediction step are their own; their manifest ids are checked)
+BLOCKS = ("prompt", *fingerprint.DATA_SPLIT)
+
+
+def scored_outputs(run_dir: Path, settings: config.ReportSettings) -> list[Path]:
+    """The output folders the report reads (as ``report.load_run`` finds them), those with a
+    manifest: per-fold stages, holdout predictions, the baselines."""
+    folders = []
+    for folder, pattern in (
+        (settings.teachers_dir or run_dir / "teachers", "*/oof.parquet"),
+        (settings.students_dir or run_dir / "students", "*/oof.parquet"),
+        (settings.holdout_dir or run_dir / "holdout", "*/predictions.parquet"),
+    ):
+        folders += sorted(p.parent for p in Path(folder).glob(pattern))
+    folders.append(Path(settings.baselines_dir or run_dir / "baselines"))
+    return [f for f in folders if (f / MANIFEST).is_file()]
 
 
 def run(cfg: DictConfig) -> Path:
@@ -40,6 +65,18 @@ def run(cfg: DictConfig) -> Path:
     )
     run_dir = Path(cfg.run_dir)
     timer = StageTimer()
+    accepted = fingerprint.check_data(cfg, data_dir)
+    scored = scored_outputs(run_dir, settings)
+    accepted += fingerprint.check_inputs(scored, cfg, BLOCKS)
+    stamp = fingerprint.stamp(
+        fingerprint.make(
+            "report",
+            settings=fingerprint.settings(cfg, ("stages.report",)),
+            files=fingerprint.file_hashes([data_dir / TRAIN, data_dir / FOLDS], run_dir),
+            upstream=fingerprint.upstream_ids(scored, run_dir),
+        ),
+        accepted,
+    )
     run_preds = load_run(
         run_dir,
         data_dir=data_dir,
@@ -86,6 +123,7 @@ def run(cfg: DictConfig) -> Path:
             inputs=inputs,
             outputs=outputs,
             timer=timer,
+            extra=stamp,
         )
     for stage, ll in metrics["oof_log_loss"].items():
         log.info("OOF %-32s %.4f", stage, ll)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from arena_distill import fingerprint
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.tableio import load_table
@@ -37,6 +38,16 @@ def run(cfg: DictConfig) -> Path:
     data_dir = require_stage_output(config.stage(cfg, "data").out_dir, stage="data", files=[TRAIN])
     out_dir = Path(scfg.out_dir)
     timer = StageTimer()
+    accepted = fingerprint.check_data(cfg, data_dir)
+    read = [p for p in (data_dir / TRAIN, data_dir / TEST) if p.exists()]
+    stamp = fingerprint.stamp(
+        fingerprint.make(
+            "tiny_models",
+            settings=fingerprint.settings(cfg, ("stages.tiny_models",)),
+            files=fingerprint.file_hashes(read, cfg.run_dir),
+        ),
+        accepted,
+    )
     tables = [load_table(data_dir / TRAIN)]
     if (data_dir / TEST).exists():
         tables.append(load_table(data_dir / TEST))
@@ -64,6 +75,7 @@ def run(cfg: DictConfig) -> Path:
             inputs=[data_dir / TRAIN],
             outputs={name: Path(p).name for name, p in paths.items()},
             timer=timer,
+            extra=stamp,
         )
     log.info("tiny models %s written to %s", sorted(paths), out_dir)
     return out_dir

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from arena_distill import fingerprint
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.tableio import load_table
@@ -49,6 +50,8 @@ from arena_distill.tokens import tokenize_both_orientations
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "pretrain", "test", "holdout")
+# the token budgets of the stages whose rows this stage encodes
+BUDGETS = tuple(f"stages.{s}.max_length" for s in ("pretrain", "teacher", "distill", "predict"))
 
 
 def length_stats(lengths: np.ndarray, max_length: int) -> dict:
@@ -104,6 +107,7 @@ def jobs(cfg: DictConfig, data_dir: Path) -> list[tuple[str, object, str, list[i
 def run(cfg: DictConfig) -> Path:
     settings = config.stage(cfg, "tokenize")
     data_dir = require_stage_output(config.stage(cfg, "data").out_dir, stage="data")
+    accepted = fingerprint.check_data(cfg, data_dir)
     tokenizer = load_tokenizer(cfg.model)
     out_dir = Path(settings.out_dir)
     timer = StageTimer()
@@ -118,6 +122,16 @@ def run(cfg: DictConfig) -> Path:
             stats[name] = length_stats(enc["length"].to_numpy(), prompt.max_length)
             timer.lap(name)
             log.info("%s: %s", name, stats[name])
+    read = [p for p in (data_dir / f for f in (TRAIN, EXTRA, FOLDS, PRETRAIN, TEST)) if p.exists()]
+    stamp = fingerprint.stamp(
+        fingerprint.make(
+            "tokenize",
+            settings=fingerprint.settings(cfg, ("model", "prompt", "stages.tokenize", *BUDGETS)),
+            files=fingerprint.file_hashes(read, cfg.run_dir),
+            upstream=fingerprint.upstream_ids(fingerprint.model_folder(cfg), cfg.run_dir),
+        ),
+        accepted,
+    )
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "stats.json", stats)
         write_manifest(
@@ -128,13 +142,10 @@ def run(cfg: DictConfig) -> Path:
                 "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
                 "stage": config.to_dict(settings),
             },
-            inputs=[
-                p
-                for p in (data_dir / f for f in (TRAIN, EXTRA, FOLDS, PRETRAIN, TEST))
-                if p.exists()
-            ],
+            inputs=read,
             outputs={"stats": stats},
             timer=timer,
+            extra=stamp,
         )
     log.info("token ids of %s cached in %s; stats in %s", sorted(stats), cache_dir(cfg), out_dir)
     return out_dir
