@@ -202,3 +202,20 @@ def _numbers(value) -> list[float]:
     if isinstance(value, list):
         return [x for v in value for x in _numbers(v)]
     return [] if value is None else [float(value)]
+
+
+def test_stale_inputs_refuse_a_stage_command_and_the_pipeline_reruns_them(chain):
+    """A stage run by hand after its upstream changed is refused with what changed; the
+    pipeline reruns every step after the change and meets no refusal."""
+    from arena_distill.io import StageInputError
+    from arena_distill.stages import merge, predict
+
+    root, overrides, _ = chain
+    before = [*overrides, "stages.report.n_len_buckets=3", "stages.baselines.c=0.5"]
+    after = [*before, "stages.merge.method=delta_mean"]
+    merge.run(compose([*after, "model=tiny_qwen2"]))  # by hand, behind the pipeline
+    with pytest.raises(StageInputError, match=r"^merged changed since quantized was built"):
+        predict.run(compose([*after, "model=tiny_qwen2"]))
+    records = run_pipeline(after)
+    ran = [r["label"] for r in records if r["status"] == "ran"]
+    assert ran == ["merge", "quantize", "predict", "holdout merged", "holdout quantized", "report"]

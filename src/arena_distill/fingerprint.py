@@ -242,7 +242,7 @@ def differences(
         before, now = old_s.get(key, _MISSING), new_s.get(key, _MISSING)
         if before != now:
             reasons.append(f"{name} was {verb} with {key}={_show(before)}, now {_show(now)}")
-    for part, what in (("files", "changed"), ("upstream", "changed")):
+    for part, kind in (("files", "sha"), ("upstream", "manifest")):
         old_p, new_p = old.get(part) or {}, new.get(part) or {}
         names = set(new_p) if blocks is not None else set(old_p) | set(new_p)
         for item in sorted(names):
@@ -254,9 +254,8 @@ def differences(
             elif before is None:
                 reasons.append(f"{name} was {verb} without {item}, now it reads it")
             else:
-                kind = "sha" if part == "files" else "manifest"
                 reasons.append(
-                    f"{item} {what} since {name} was {verb} ({kind} {_short(before)} -> "
+                    f"{item} changed since {name} was {verb} ({kind} {_short(before)} -> "
                     f"{_short(now)})"
                 )
     return reasons

@@ -15,7 +15,15 @@ from arena_distill.config import compose
 from arena_distill.data.tableio import load_table, save_table
 from arena_distill.io import StageInputError, file_sha256, read_json
 from arena_distill.stages import data as data_stage
-from arena_distill.stages import dump_logits, merge, predict, pretrain, quantize, teacher
+from arena_distill.stages import (
+    distill,
+    dump_logits,
+    merge,
+    predict,
+    pretrain,
+    quantize,
+    teacher,
+)
 from tests.stages.conftest import small_overrides
 
 
@@ -159,21 +167,35 @@ def test_stale_retrained_upstream_is_refused(stale_base, trained_run, tmp_path):
         dump_logits.run(cfg_of(root, trained_run))
 
 
-def test_stale_own_folds_are_retrained_and_not_combined_with_fresh_ones(
+def test_stale_own_folds_are_retrained_and_a_retrained_teacher_refused_by_distill(
     stale_base, trained_run, tmp_path
 ):
     """A fold trained with other settings is retrained, not skipped; until every fold fits
-    the current settings the folder has no combined manifest, so a reader refuses it."""
+    the current settings the folder has no combined manifest, so a reader refuses it; once
+    the teacher is retrained, its old dump is refused by the student."""
     root = copy_of(stale_base, trained_run, tmp_path)
+    dump_logits.run(cfg_of(root, trained_run))  # from the teacher as it was
     teachers = run_dir(root) / "teachers" / "tiny_llama"
+    before = read_json(teachers / "manifest.json")["id"]
     fold_1 = read_json(teachers / "fold_1" / "manifest.json")
     teacher.run(cfg_of(root, trained_run))  # unchanged: every fold skipped
     assert read_json(teachers / "fold_1" / "manifest.json") == fold_1
-    cfg = cfg_of(root, trained_run, "stages.teacher.epochs=1", "stages.teacher.folds=0")
-    teacher.run(cfg)
+    epochs = "stages.teacher.epochs=1"
+    teacher.run(cfg_of(root, trained_run, epochs, "stages.teacher.folds=0"))
     retrained = read_json(teachers / "fold_0" / "manifest.json")["fingerprint"]
     assert retrained["settings"]["stages.teacher.epochs"] == 1
     assert read_json(teachers / "fold_1" / "manifest.json") == fold_1
     assert not (teachers / "manifest.json").exists()
     with pytest.raises(StageInputError, match="not a finished 'teacher' output"):
-        dump_logits.run(cfg_of(root, trained_run, "stages.teacher.epochs=1"))
+        dump_logits.run(cfg_of(root, trained_run, epochs))
+    teacher.run(cfg_of(root, trained_run, epochs))  # folds 1 and 2 are stale: retrained
+    now = read_json(teachers / "manifest.json")["id"]
+    assert now != before
+    assert read_json(teachers / "fold_1" / "manifest.json")["id"] != fold_1["id"]
+    with pytest.raises(
+        StageInputError,
+        match=rf"^teachers/tiny_llama changed since logits/tiny_llama was dumped \(manifest "
+        rf"{before[:8]}\.\. -> {now[:8]}\.\.\): rerun `arena-distill dump_logits "
+        r"model=tiny_llama`",
+    ):
+        distill.run(cfg_of(root, trained_run, "pipeline.teachers=[tiny_llama]"))
