@@ -29,6 +29,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback, set_seed
 
+from arena_distill import faults
 from arena_distill import settings as config
 from arena_distill.data.folds import split_by_fold
 from arena_distill.distributed import barrier, is_main_process, train_device
@@ -46,7 +47,7 @@ from arena_distill.io import (
     write_manifest,
     write_parquet,
 )
-from arena_distill.layout import RunData, fold_dir, prediction_table, score_predictions
+from arena_distill.layout import CV, RunData, fold_dir, prediction_table, score_predictions
 from arena_distill.losses import LossFn, cross_entropy
 from arena_distill.metrics import (
     count_tokens,
@@ -187,6 +188,7 @@ def train_fold(
             shutil.copytree(final_adapter, tmp / "adapter")
             oof.to_parquet(tmp / "oof.parquet", index=False)
             write_json(tmp / "metrics.json", metrics)
+            faults.point("crossval.fold_write")
             write_manifest(
                 tmp,
                 stage=stage,
@@ -217,14 +219,23 @@ def train_fold(
     return metrics
 
 
-def combine_folds(cfg: DictConfig, out_dir: Path, n_folds: int, *, stage: str) -> Path:
+def combine_folds(cfg: DictConfig, run: RunData, out_dir: Path, *, stage: str) -> Path:
     """Once every fold is done: ``oof.parquet`` (every cv id once), ``metrics.json``, manifest."""
+    n_folds = run.n_folds
     oof = pd.concat(
         [pd.read_parquet(fold_dir(out_dir, k) / "oof.parquet") for k in range(n_folds)],
         ignore_index=True,
     )
     if oof["id"].duplicated().any():
         raise RuntimeError(f"{out_dir}: an id appears in more than one fold's OOF predictions")
+    expected = set(run.rows(CV)["id"])
+    if set(oof["id"]) != expected:
+        missing, extra = expected - set(oof["id"]), set(oof["id"]) - expected
+        raise RuntimeError(
+            f"{out_dir}: the folds' OOF ids are not the cv rows of the folds file "
+            f"({len(missing)} missing, e.g. {sorted(missing)[:3]}; {len(extra)} not cv rows, "
+            f"e.g. {sorted(extra)[:3]}); retrain the folds with overwrite=true"
+        )
     per_fold = [read_json(fold_dir(out_dir, k) / "metrics.json") for k in range(n_folds)]
     overall = score_predictions(oof)
     metrics = {
@@ -235,6 +246,7 @@ def combine_folds(cfg: DictConfig, out_dir: Path, n_folds: int, *, stage: str) -
     }
     write_parquet(oof, out_dir / "oof.parquet")
     write_json(out_dir / "metrics.json", metrics)
+    faults.point("crossval.combine")
     write_manifest(
         out_dir,
         stage=stage,
@@ -273,6 +285,11 @@ def run_folds(
             require_fresh(fold_dir(out_dir, fold), run.files, stage=stage)
             log.info("fold %d already done (%s): skipped", fold, fold_dir(out_dir, fold))
             continue
+        if is_main_process():
+            # the combined output describes the folds as they were: from now on it is not
+            # finished (a run killed while retraining a fold must not leave the old manifest
+            # beside a mix of new and old folds for the next stage to accept)
+            (out_dir / MANIFEST).unlink(missing_ok=True)
         train_fold(
             cfg,
             run,
@@ -285,5 +302,5 @@ def run_folds(
             init_adapter=init_adapter,
         )
     if is_main_process() and all(fold_done(out_dir, k) for k in range(run.n_folds)):
-        combine_folds(cfg, out_dir, run.n_folds, stage=stage)
+        combine_folds(cfg, run, out_dir, stage=stage)
     return out_dir
