@@ -99,6 +99,20 @@ def fork_context():
     return _context
 
 
+def children_cpu_seconds() -> float | None:
+    """CPU seconds of every child the fork server has reaped so far (Linux; None elsewhere or
+    before it started): the work of the attempts, whatever the machine's load."""
+    from multiprocessing import forkserver
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    stat = Path(f"/proc/{pid}/stat")
+    if pid is None or not stat.exists():
+        return None
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    cutime, cstime = int(fields[13]), int(fields[14])  # fields 16, 17 of proc(5)
+    return (cutime + cstime) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Runner:
     """Runs ``arena-distill`` command lines as child processes; logs and traces in ``work``."""

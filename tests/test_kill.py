@@ -32,6 +32,7 @@ from tests.faults import (
     assert_close_json,
     assert_same_output,
     assert_same_tensors,
+    children_cpu_seconds,
     choose_kill,
     leftovers,
     snapshot,
@@ -92,9 +93,9 @@ def kill_run(tmp_path_factory) -> KillRun:
         stage.run(cfg)
     yield run
     # what each attempt cost (the harness's own timing, for sizing the suite)
-    (run.root / "attempts.json").write_text(
-        json.dumps([[a.argv[0], a.kill, a.returncode, a.seconds] for a in run.runner.attempts])
-    )
+    attempts = [[a.argv[0], a.kill, a.returncode, a.seconds] for a in run.runner.attempts]
+    cost = {"attempts": attempts, "children_cpu_seconds": children_cpu_seconds()}
+    (run.root / "attempts.json").write_text(json.dumps(cost))
 
 
 def refuses(folder: Path, stage: str) -> bool:
@@ -436,9 +437,14 @@ def test_kill_sweep_pipeline_continues_where_it_stopped(tmp_path, seed):
         else {}
     )
     attempt = runner.ok(argv)
-    log = attempt.log.read_text()
-    for label in state:  # recorded before the kill: skipped, not redone
-        assert f"] {label}: up to date" in log, (label, kill)
+    log = attempt.log.read_text().splitlines()
+    # "[pipeline 3/7] teacher tiny_llama: running (elapsed ...)" -> the text after "] "
+    lines = [ln.split("[pipeline ", 1)[1].split("] ", 1)[1] for ln in log if "[pipeline " in ln]
+    skipped = {ln.split(":")[0] for ln in lines if ": up to date" in ln}
+    ran = {ln.split(":")[0] for ln in lines if ln.endswith(": running") or ": running (" in ln}
+    # recorded before the kill: skipped; the killed step and those after it: run, never skipped
+    assert skipped == set(state), (kill, skipped, set(state))
+    assert ran and not ran & skipped, (kill, ran)
     preds, ref_preds = (
         pd.read_parquet(run_dir / "predictions" / "predictions.parquet"),
         pd.read_parquet(ref / "predictions.parquet"),
