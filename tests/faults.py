@@ -191,19 +191,23 @@ def choose_kill(
     after: str | None = None,
 ) -> str:
     """``"<point>:<n>"``: one hit of the trace ``hits`` drawn with ``seed``, among the hits of
-    ``points`` (every point when None), only those after the first hit of ``after`` if given."""
+    ``points`` (every point when None), only those after the first hit of ``after`` if given.
+
+    The point is drawn first (each point reached equally likely), then one of its hits: a point
+    reached once (a folder half written) is drawn as often as one reached at every batch."""
     wanted = None if points is None else set(points)
     counts: Counter[str] = Counter()
-    candidates = []
+    candidates: dict[str, list[str]] = {}
     armed = after is None
     for name in hits:
         counts[name] += 1
         if armed and (wanted is None or name in wanted):
-            candidates.append(f"{name}:{counts[name]}")
+            candidates.setdefault(name, []).append(f"{name}:{counts[name]}")
         armed = armed or name == after
     if not candidates:
         raise AssertionError(f"no hit of {sorted(wanted or [])} after {after!r} in the trace")
-    return random.Random(seed).choice(candidates)
+    rng = random.Random(seed)
+    return rng.choice(candidates[rng.choice(sorted(candidates))])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -249,3 +249,19 @@ def test_fault_points_kill_at_the_armed_hit_and_trace_every_hit(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert proc.stdout.split() == ["0", "1"]
     assert trace.read_text().split() == ["a", "b"] * 3
+
+
+def test_the_kill_harness_draws_every_point_reached_with_a_seed():
+    """tests/faults.py: the same seed gives the same kill; points first, then one of their hits;
+    ``after`` keeps only what follows a point's first hit."""
+    from tests.faults import choose_kill
+
+    hits = ["train.step"] * 8 + ["train.save"] + ["train.step"] * 4 + ["io.replace"]
+    draws = [choose_kill(hits, seed) for seed in range(40)]
+    assert draws == [choose_kill(hits, seed) for seed in range(40)]
+    assert {d.split(":")[0] for d in draws} == {"train.step", "train.save", "io.replace"}
+    assert {d for d in draws if d.startswith("train.save")} == {"train.save:1"}
+    after = {choose_kill(hits, s, ["train.step"], after="train.save") for s in range(40)}
+    assert after == {f"train.step:{n}" for n in range(9, 13)}
+    with pytest.raises(AssertionError, match="no hit"):
+        choose_kill(hits, 0, ["crossval.combine"])
