@@ -26,12 +26,15 @@ FOLD_ARG = $(if $(FOLD),stages.teacher.folds=$(FOLD))
 DISTILL_FOLD_ARG = $(if $(FOLD),stages.distill.folds=$(FOLD))
 
 .PHONY: help setup test test-slow test-all lint format demo pipeline demo-data data tiny-models tokenize \
-	pretrain train-teacher dump-logits distill merge quantize predict predict-holdout baselines report plan kaggle-package clean
+	pretrain train-teacher dump-logits distill merge quantize predict predict-holdout baselines report plan kaggle-package clean \
+	test-gpu test-kill
 
 help:
 	@echo "make setup      create $(VENV) and install the package with the dev extra"
 	@echo "make test       the default test suite (what CI runs)"
 	@echo "make test-slow  the slow-marked tests"
+	@echo "make test-gpu   the CUDA tests (pytest -m gpu; skipped without a GPU)"
+	@echo "make test-kill  the SIGKILL fault-injection tests (KILL_SWEEP=1: the slow sweep too)"
 	@echo "make demo       the whole pipeline on the embedded demo (CPU, tiny models; one process)"
 	@echo "make pipeline   the whole pipeline on your CSV: EXPERIMENT=cpu_real TRAIN=a.csv[,b.csv] OUT=dir"
 	@echo "                [PRETRAIN=c.csv[,d.csv]] [ABLATE=1: also the student without teacher terms]"
@@ -57,6 +60,15 @@ test-slow: setup
 
 test-all: setup
 	$(PY) -m pytest -q
+
+# the CUDA tests (tests/gpu/: bf16/fp16 training and prediction, QLoRA, GPTQ on the GPU, the
+# predict stage on one GPU); skipped without CUDA; a few minutes on one H100/H200
+test-gpu: setup
+	$(PY) -m pytest -m gpu -q
+
+# the SIGKILL tests (tests/test_kill.py): a handful of kill points; KILL_SWEEP=1 adds the slow sweep
+test-kill: setup
+	$(PY) -m pytest tests/test_kill.py -q $(if $(KILL_SWEEP),,-m "not slow")
 
 lint: setup
 	$(VENV)/bin/ruff check src tests scripts

@@ -187,3 +187,81 @@ def test_the_stage_command_refuses_to_write_an_output_another_process_writes(tmp
     assert proc.returncode == 1
     assert "busy:" in proc.stderr and "a long demo_data run" in proc.stderr
     assert not out.exists()
+
+
+def test_atomic_dir_removes_what_dead_writers_left_and_nothing_else(tmp_path):
+    """``.<name>.tmp-<pid>@<host>`` / ``.old-`` of a dead process of this host go; those of a
+    live process, of another host, or of another output stay."""
+    import socket
+    import subprocess
+
+    from arena_distill.io import remove_stale_siblings
+
+    host = socket.gethostname()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    final = tmp_path / "merged"
+    left = {
+        f".merged.tmp-{dead}@{host}": False,  # killed while building: removed
+        f".merged.old-{dead}@{host}": False,  # killed between the renames: removed
+        f".merged.tmp-{os.getpid()}@{host}": True,  # a live writer
+        f".merged.tmp-{dead}@another-host": True,  # cannot tell: kept
+        f".quantized.tmp-{dead}@{host}": True,  # another output
+    }
+    for name in left:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"half")
+    removed = remove_stale_siblings(final)
+    assert sorted(p.name for p in removed) == sorted(k for k, keep in left.items() if not keep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(k for k, v in left.items() if v)
+    with atomic_dir(final) as tmp:
+        assert tmp.name == f".merged.tmp-{os.getpid()}@{host}"
+        (tmp / "a").write_text("x")
+    assert (final / "a").read_text() == "x"
+
+
+def test_fault_points_kill_at_the_armed_hit_and_trace_every_hit(tmp_path):
+    """``ARENA_DISTILL_FAULT=<point>:<n>``: SIGKILL at the n-th hit; the trace lists hits."""
+    import signal
+    import subprocess
+
+    from arena_distill import faults
+
+    assert not faults.active()  # the test process: nothing armed, point() is a no-op
+    faults.point("train.step")
+    with pytest.raises(ValueError, match="<point>:<n>"):
+        faults.parse("train.step")
+    with pytest.raises(ValueError):
+        faults.parse("train.step:0")
+    assert faults.parse("io.replace:3") == ("io.replace", 3)
+    trace = tmp_path / "trace.txt"
+    code = (
+        "from arena_distill import faults\n"
+        "for i in range(5):\n"
+        "    faults.point('a'); faults.point('b'); print(i, flush=True)\n"
+    )
+    env = {**os.environ, faults.ENV: "b:3", faults.TRACE_ENV: str(trace)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL
+    assert proc.stdout.split() == ["0", "1"]
+    assert trace.read_text().split() == ["a", "b"] * 3
+
+
+def test_the_kill_harness_draws_every_point_reached_with_a_seed():
+    """tests/faults.py: the same seed gives the same kill; points first, then one of their hits;
+    ``after`` keeps only what follows a point's first hit."""
+    from tests.faults import choose_kill
+
+    hits = ["train.step"] * 8 + ["train.save"] + ["train.step"] * 4 + ["io.replace"]
+    draws = [choose_kill(hits, seed) for seed in range(40)]
+    assert draws == [choose_kill(hits, seed) for seed in range(40)]
+    assert {d.split(":")[0] for d in draws} == {"train.step", "train.save", "io.replace"}
+    assert {d for d in draws if d.startswith("train.save")} == {"train.save:1"}
+    after = {choose_kill(hits, s, ["train.step"], after="train.save") for s in range(40)}
+    assert after == {f"train.step:{n}" for n in range(9, 13)}
+    with pytest.raises(AssertionError, match="no hit"):
+        choose_kill(hits, 0, ["crossval.combine"])

@@ -250,3 +250,32 @@ def test_head_lr_gives_the_head_its_own_rate_under_the_schedule(tmp_path):
     plain = PreferenceTrainer(model=model, args=args)
     plain.create_optimizer()
     assert {g["lr"] for g in plain.optimizer.param_groups} == {1e-4}
+
+
+def test_resume_takes_the_newest_complete_checkpoint_and_drops_a_cut_one(tmp_path):
+    """A kill inside a save leaves ``checkpoint-<n>`` without ``trainer_state.json`` (or with a
+    truncated one): resume passes over it, and the main process deletes it."""
+    from arena_distill.train import checkpoint_complete, last_complete_checkpoint
+
+    def checkpoint(step: int, state: str | None) -> None:
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(b"w")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+
+    assert last_complete_checkpoint(tmp_path) is None
+    checkpoint(4, '{"global_step": 4}')
+    checkpoint(8, '{"global_step": 8}')
+    checkpoint(12, None)  # killed after the weights
+    checkpoint(16, '{"global_st')  # killed while writing the state
+    assert checkpoint_complete(tmp_path / "checkpoint-8")
+    assert not checkpoint_complete(tmp_path / "checkpoint-16")
+    assert last_complete_checkpoint(tmp_path, remove_incomplete=False) == str(
+        tmp_path / "checkpoint-8"
+    )
+    assert (tmp_path / "checkpoint-12").exists()  # another rank: nothing removed
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-8"]
+    (tmp_path / "checkpoint-8" / "trainer_state.json").write_text('{"global_step": 4}')
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")  # not its step

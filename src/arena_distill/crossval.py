@@ -29,7 +29,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback, set_seed
 
-from arena_distill import fingerprint
+from arena_distill import faults, fingerprint
 from arena_distill import settings as config
 from arena_distill.data.folds import split_by_fold
 from arena_distill.distributed import barrier, is_main_process, train_device
@@ -46,7 +46,7 @@ from arena_distill.io import (
     write_manifest,
     write_parquet,
 )
-from arena_distill.layout import RunData, fold_dir, prediction_table, score_predictions
+from arena_distill.layout import CV, RunData, fold_dir, prediction_table, score_predictions
 from arena_distill.losses import LossFn, cross_entropy
 from arena_distill.metrics import (
     count_tokens,
@@ -189,6 +189,7 @@ def train_fold(
             shutil.copytree(final_adapter, tmp / "adapter")
             oof.to_parquet(tmp / "oof.parquet", index=False)
             write_json(tmp / "metrics.json", metrics)
+            faults.point("crossval.fold_write")
             write_manifest(
                 tmp,
                 stage=stage,
@@ -220,16 +221,25 @@ def train_fold(
 
 
 def combine_folds(
-    cfg: DictConfig, out_dir: Path, n_folds: int, *, stage: str, stamp: dict | None = None
+    cfg: DictConfig, run: RunData, out_dir: Path, *, stage: str, stamp: dict | None = None
 ) -> Path:
     """Once every fold is done: ``oof.parquet`` (every cv id once), ``metrics.json``, manifest
     (``stamp``: its fingerprint keys, the folds' manifests among its upstreams)."""
+    n_folds = run.n_folds
     oof = pd.concat(
         [pd.read_parquet(fold_dir(out_dir, k) / "oof.parquet") for k in range(n_folds)],
         ignore_index=True,
     )
     if oof["id"].duplicated().any():
         raise RuntimeError(f"{out_dir}: an id appears in more than one fold's OOF predictions")
+    expected = set(run.rows(CV)["id"])
+    if set(oof["id"]) != expected:
+        missing, extra = expected - set(oof["id"]), set(oof["id"]) - expected
+        raise RuntimeError(
+            f"{out_dir}: the folds' OOF ids are not the cv rows of the folds file "
+            f"({len(missing)} missing, e.g. {sorted(missing)[:3]}; {len(extra)} not cv rows, "
+            f"e.g. {sorted(extra)[:3]}); retrain the folds with overwrite=true"
+        )
     per_fold = [read_json(fold_dir(out_dir, k) / "metrics.json") for k in range(n_folds)]
     overall = score_predictions(oof)
     metrics = {
@@ -240,6 +250,7 @@ def combine_folds(
     }
     write_parquet(oof, out_dir / "oof.parquet")
     write_json(out_dir / "metrics.json", metrics)
+    faults.point("crossval.combine")
     write_manifest(
         out_dir,
         stage=stage,
@@ -366,5 +377,5 @@ def run_folds(
         **expected,
         "upstream": {**expected["upstream"], **fingerprint.upstream_ids(folds, run_dir)},
     }
-    combine_folds(cfg, out_dir, run.n_folds, stage=stage, stamp=fingerprint.stamp(combined))
+    combine_folds(cfg, run, out_dir, stage=stage, stamp=fingerprint.stamp(combined))
     return out_dir

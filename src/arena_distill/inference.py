@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from arena_distill import faults
 from arena_distill.collate import pad_right
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ def predict_logits(
         _forward(model, sequences, batch, pad_token_id, device, run, lengths)
         run.batches += 1
         bar.update(len(batch))
+        faults.point("inference.batch")
     _sync(device)
     run.seconds = time.perf_counter() - t0
     bar.close()

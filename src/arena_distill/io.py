@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import platform
 import resource
@@ -25,6 +26,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+
+from arena_distill import faults
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 # Packages whose versions go into every manifest.
@@ -125,15 +130,56 @@ def read_json(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _sibling_suffix() -> str:
+    """``<pid>@<host>``: who owns a temporary sibling of an output folder."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def remove_stale_siblings(final: Path) -> list[Path]:
+    """Remove what a killed ``atomic_dir`` left beside ``final``: ``.<name>.tmp-<pid>@<host>``
+    (an output never finished) and ``.<name>.old-<pid>@<host>`` (a previous output being
+    replaced) of a process of this host that is no longer running. A folder of a live process,
+    or of another host, is left alone. Returns the removed folders."""
+    host = socket.gethostname()
+    removed = []
+    for kind in ("tmp", "old"):
+        for path in final.parent.glob(f".{final.name}.{kind}-*"):
+            owner = path.name[len(f".{final.name}.{kind}-") :]
+            pid, _, owner_host = owner.partition("@")
+            if not pid.isdigit() or owner_host != host or _pid_alive(int(pid)):
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a temporary folder that replaces ``final`` only if the block finishes.
 
-    On an exception the temporary folder is removed and ``final`` is left as it was.
+    On an exception the temporary folder is removed and ``final`` is left as it was. What a
+    killed process left beside ``final`` (its temporary folder, a previous output it was
+    replacing) is removed first (``remove_stale_siblings``). A process killed between the two
+    renames of the swap leaves no ``final`` at all: never a half-written one.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    for path in remove_stale_siblings(final):
+        log.warning("removed %s, left by a process that did not finish", path)
+    tmp = final.with_name(f".{final.name}.tmp-{_sibling_suffix()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -142,9 +188,10 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    old = final.with_name(f".{final.name}.old-{_sibling_suffix()}")
     if final.exists():
         os.replace(final, old)
+        faults.point("io.replace")  # the old output moved aside, the new one not in place yet
     os.replace(tmp, final)
     if old.exists():
         shutil.rmtree(old)

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from arena_distill import faults
 from arena_distill import settings as config
 from arena_distill.io import (
     MANIFEST,
@@ -382,6 +383,7 @@ def _run_steps(
             continue
         log.info(progress.line(i, step, "running"))
         seconds = run_step(step, step_cfg, step_overrides)
+        faults.point("pipeline.step")  # the step's output is finished, pipeline.json not yet
         progress.done.add(step.label)
         progress.ran[step.label] = seconds
         state[step.label] = {

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from arena_distill import faults
 from arena_distill.data.dedup import normalise_for_hash
 from arena_distill.data.swap import mirror_probs
 from arena_distill.inference import (
@@ -518,6 +519,7 @@ def predict_rows(request: PredictRequest, settings: PredictSettings) -> Path:
             clip_eps=float(settings.clip_eps),
         )
         table.to_parquet(tmp / "predictions.parquet", index=False)
+        faults.point("predict.write")
         seconds = time.perf_counter() - t_start
         metrics = {
             "split": str(request.split),

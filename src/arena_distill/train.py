@@ -16,8 +16,10 @@ checkpointing, resume, DDP / DeepSpeed / FSDP through accelerate). What this mod
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +27,9 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from arena_distill import faults
 from arena_distill.collate import PreferenceCollator
 from arena_distill.losses import LossFn, cross_entropy
 from arena_distill.metrics import classification_metrics, log_loss_from_logits
@@ -143,6 +146,12 @@ class PreferenceTrainer(Trainer):
                 optimizer.add_param_group({**options, "params": moved, "lr": self.head_lr})
         return optimizer
 
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        # the checkpoint's weights are written, its optimizer and trainer state not yet: a
+        # process killed here leaves a checkpoint that ``last_complete_checkpoint`` passes over
+        faults.point("train.save")
+        super()._save_optimizer_and_scheduler(output_dir)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.trained_rows += int(inputs["input_ids"].shape[0])
         self.trained_tokens += int(inputs["attention_mask"].sum())
@@ -219,6 +228,51 @@ def head_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
     name = head_name(model)
     return [p for n, p in model.named_parameters() if p.requires_grad and is_head_key(n, name)]
+
+
+class FaultPoints(TrainerCallback):
+    """``faults.point("train.step")`` at the end of every optimiser step (kill tests only)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        faults.point("train.step")
+        return control
+
+
+TRAINER_STATE = "trainer_state.json"
+
+
+def checkpoint_complete(folder: Path) -> bool:
+    """The Trainer writes a checkpoint's ``trainer_state.json`` after its weights, optimizer,
+    scheduler and RNG states: a checkpoint is complete when that file is there, parses, and
+    names the checkpoint's own step. A process killed during a save leaves one without it."""
+    try:
+        state = json.loads((folder / TRAINER_STATE).read_text())
+    except (OSError, ValueError):
+        return False
+    step = folder.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+    return isinstance(state, dict) and str(state.get("global_step")) == step
+
+
+def last_complete_checkpoint(work_dir: Path, *, remove_incomplete: bool = True) -> str | None:
+    """The newest complete checkpoint in ``work_dir`` (``checkpoint-<step>``), or None.
+
+    transformers' ``get_last_checkpoint`` takes the newest folder, complete or not: after a kill
+    inside a save the resume would fail on every rerun (no ``trainer_state.json``). Incomplete
+    checkpoints are skipped and, with ``remove_incomplete`` (the main process), deleted."""
+    found = []
+    for folder in work_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = folder.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        if folder.is_dir() and step.isdigit():
+            found.append((int(step), folder))
+    best = None
+    for _, folder in sorted(found, reverse=True):
+        if checkpoint_complete(folder):
+            best = best or folder
+        elif best is None:  # newer than every complete one: a save that never finished
+            log.warning("%s is incomplete (killed during a save?): not resumed from", folder)
+            if remove_incomplete:
+                shutil.rmtree(folder, ignore_errors=True)
+    return str(best) if best is not None else None
 
 
 class SimulatedKill(RuntimeError):
@@ -352,6 +406,7 @@ def fit(
     work_dir.mkdir(parents=True, exist_ok=True)
     collator = PreferenceCollator(pad_token_id=tokenizer.pad_token_id)
     args = training_arguments(settings, work_dir, has_eval=bool(eval_examples), report_to=report_to)
+    callbacks = [*callbacks, FaultPoints()] if faults.active() else list(callbacks)
     trainer = PreferenceTrainer(
         model=model,
         args=args,
@@ -360,9 +415,9 @@ def fit(
         data_collator=collator,
         loss_fn=loss_fn,
         head_lr=settings.head_lr,
-        callbacks=list(callbacks) or None,
+        callbacks=callbacks or None,
     )
-    last = get_last_checkpoint(str(work_dir)) if any(work_dir.glob("checkpoint-*")) else None
+    last = last_complete_checkpoint(work_dir, remove_incomplete=args.should_save)
     if last:
         log.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)

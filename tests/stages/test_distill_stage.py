@@ -12,6 +12,7 @@ import pytest
 from arena_distill.io import StageInputError
 from arena_distill.layout import LOGIT_COLS, load_run_data
 from arena_distill.stages import distill, dump_logits
+from tests.devices import TRAIN_ATOL
 from tests.stages.conftest import small_cfg
 
 
@@ -94,7 +95,7 @@ def test_without_teacher_terms_the_student_is_the_teacher_recipe(trained_run, lo
     teacher = pd.read_parquet(
         Path(trained_run.cfg.stages.teacher.out_dir) / "fold_0" / "oof.parquet"
     )
-    np.testing.assert_allclose(mine[list(LOGIT_COLS)], teacher[list(LOGIT_COLS)], atol=1e-5)
+    np.testing.assert_allclose(mine[list(LOGIT_COLS)], teacher[list(LOGIT_COLS)], atol=TRAIN_ATOL)
 
 
 def test_missing_teacher_dump_is_refused(trained_run, tmp_path):

@@ -298,6 +298,7 @@ def test_predict_csv_equals_the_predict_stage(trained_run, tmp_path):  # noqa: F
         "stages.predict.batch_size=4",
         "stages.predict.time_budget_hours=null",
         "stages.predict.postprocess.enabled=true",
+        "stages.predict.devices=cpu",  # the device of the notebook call below: same numbers
     )
     stage_out = predict.run(stage_cfg)
     out_csv = kaggle.predict_csv(

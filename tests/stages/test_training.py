@@ -30,6 +30,7 @@ from arena_distill.train import (
     fit,
     make_examples,
 )
+from tests.devices import TRAIN_ATOL, changed, snapshot_params
 from tests.stages.conftest import small_cfg, small_overrides
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,7 +122,7 @@ def test_adapter_reloads_and_reproduces_its_oof_predictions(run):
     oof = pd.read_parquet(out / "fold_1" / "oof.parquet")
     examples = examples_for(oof["id"].tolist(), oof["label"].tolist(), enc)
     logits = oof_logits(model, examples, tok.pad_token_id, batch_size=7)
-    np.testing.assert_allclose(logits, oof[list(LOGIT_COLS)].to_numpy(), atol=1e-5)
+    np.testing.assert_allclose(logits, oof[list(LOGIT_COLS)].to_numpy(), atol=TRAIN_ATOL)
 
 
 def test_dump_logits_in_sample_both_orientations(run):
@@ -217,10 +218,10 @@ def test_resume_after_a_kill_reaches_the_same_result(run, eval_steps, kill_at):
     _, metrics = train("killed")  # the same command again
     assert metrics["resumed_from"].endswith(f"checkpoint-{kill_at}")
     assert metrics["steps"] == reference["steps"] == 24
-    assert metrics["log_loss"] == pytest.approx(reference["log_loss"], abs=1e-5)
+    assert metrics["log_loss"] == pytest.approx(reference["log_loss"], abs=TRAIN_ATOL)
     a = pd.read_parquet(out / "fold_0" / "oof.parquet")[list(LOGIT_COLS)].to_numpy()
     b = pd.read_parquet(ref_dir / "fold_0" / "oof.parquet")[list(LOGIT_COLS)].to_numpy()
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(a, b, atol=TRAIN_ATOL)
 
 
 def test_qlora_trains_through_the_trainer_on_cpu(run):
@@ -232,7 +233,7 @@ def test_qlora_trains_through_the_trainer_on_cpu(run):
         {"quantization": {"type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"}},
     )
     model, tok = build_model(mcfg, train=True)
-    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    lora_before = snapshot_params(model, "lora_B")  # on the CPU; the Trainer may move the model
     rd = load_run_data(cfg)
     enc = labelled_encodings(cfg, rd, tok)
     rows = rd.train.iloc[:24]
@@ -250,12 +251,8 @@ def test_qlora_trains_through_the_trainer_on_cpu(run):
     result = fit(model, tok, examples, None, settings, root / "qlora")
     losses = [h["loss"] for h in result.log_history if "loss" in h]
     assert len(losses) == 3 and np.isfinite(losses).all()
-    changed = [
-        n
-        for n, p in model.named_parameters()
-        if n in lora_before and not torch.equal(p, lora_before[n])
-    ]
-    assert changed and len(changed) == len(lora_before)
+    moved = changed(lora_before, model)
+    assert moved and len(moved) == len(lora_before)
 
 
 @pytest.mark.skipif(

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from arena_distill import fingerprint
+from arena_distill import faults, fingerprint
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.crossval import oof_logits
@@ -103,6 +103,7 @@ def run(cfg: DictConfig) -> Path:
     if is_main_process():
         with atomic_dir(out_dir) as tmp:
             table.to_parquet(tmp / "logits.parquet", index=False)
+            faults.point("dump_logits.write")
             write_manifest(
                 tmp,
                 stage="dump_logits",

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from arena_distill import fingerprint, layout
+from arena_distill import faults, fingerprint, layout
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.folds import read_folds
@@ -117,6 +117,7 @@ def run(cfg: DictConfig) -> Path:
     with atomic_dir(out_dir) as tmp:
         stats = merge_into_base(cfg.model, merged, tmp)
         timer.lap("fold_into_base")
+        faults.point("merge.write")
         if merged.lora is not None:
             save_adapter(merged, tmp / "adapter")
         summary = {

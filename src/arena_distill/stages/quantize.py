@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from arena_distill import fingerprint
+from arena_distill import faults, fingerprint
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.folds import split_by_fold
@@ -263,12 +263,14 @@ def run(cfg: DictConfig) -> Path:
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_id
     timer.lap("quantize")
+    faults.point("quantize.quantized")
 
     with atomic_dir(out_dir) as tmp:
         save(method, model, tokenizer, tmp)
         del model
         gc.collect()
         timer.lap("save")
+        faults.point("quantize.save")
         # Measure what the predict stage will load: the saved folder, reloaded.
         reloaded = load_classifier(tmp)
         ok, why = head_intact(reloaded, head_weights)
