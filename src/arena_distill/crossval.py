@@ -67,6 +67,16 @@ def fold_done(out_dir: Path, fold: int) -> bool:
     return (fold_dir(out_dir, fold) / MANIFEST).is_file()
 
 
+def same_extra_inputs(out_dir: Path, fold: int, extra_inputs: Sequence[Path]) -> bool:
+    """A finished fold was trained with these extra inputs (none: none), so it can be reused."""
+    outputs = read_json(fold_dir(out_dir, fold) / MANIFEST).get("outputs", {})
+    recorded = [str(Path(p).resolve()) for p in outputs.get("extra_inputs", [])]
+    if recorded != [str(Path(p).resolve()) for p in extra_inputs]:
+        log.info("fold %d was trained with other extra inputs (%s): retrained", fold, recorded)
+        return False
+    return True
+
+
 def folds_to_run(spec, n_folds: int) -> list[int]:
     """``all`` or one fold index (``FOLD=k`` in the Makefile) or a list of them."""
     if spec in (None, "all"):
@@ -108,17 +118,22 @@ def train_fold(
     fields: FieldsFn | None = None,
     init_adapter: Path | None = None,
     callbacks: Sequence[TrainerCallback] = (),
+    extra_train: Sequence[dict] = (),
+    extra_inputs: Sequence[Path] = (),
 ) -> dict:
     """Train ``cfg.model`` on fold ``fold``'s training rows, keep the best validation checkpoint,
     and write its adapter, OOF predictions and metrics to ``<settings.out_dir>/fold_<fold>/``.
 
-    Returns the fold's metrics."""
+    ``extra_train``: more training examples (the distill stage's pseudo-labelled rows), added
+    to the fold's training set only, never validated on; ``extra_inputs``: the files they came
+    from (in the manifest: a fold built from other ones is not reused). Returns the metrics."""
     out_dir = Path(settings.out_dir)
     timer = StageTimer()
     train_rows, valid_rows = split_by_fold(run.labelled, run.folds, fold)
     tr_ids, tr_y = train_rows["id"].tolist(), train_rows["label"].astype(int).tolist()
     va_ids, va_y = valid_rows["id"].tolist(), valid_rows["label"].astype(int).tolist()
     train_ex = make_examples(tr_ids, tr_y, enc, swap=settings.swap, fields=fields)
+    train_ex += list(extra_train)
     valid_ex = examples_for(va_ids, va_y, enc)
     # the same seed for every fold: every fold's LoRA starts from the same init (1st place),
     # which is what makes averaging the fold adapters meaningful
@@ -170,6 +185,7 @@ def train_fold(
         "prior_log_loss": prior_log_loss(np.asarray(tr_y), np.asarray(va_y)),
         "train_rows": len(tr_ids),
         "train_examples": len(train_ex),
+        "extra_train_examples": len(extra_train),
         "padding_share": round(result.padding_share, 4),
         "steps": trainer.state.global_step,
         "best_checkpoint": trainer.state.best_model_checkpoint,
@@ -195,9 +211,10 @@ def train_fold(
                     "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
                     "stage": config.to_dict(settings),
                 },
-                inputs=run.files + ([init_adapter] if init_adapter else []),
+                inputs=run.files + ([init_adapter] if init_adapter else []) + list(extra_inputs),
                 outputs={
                     "fold": fold,
+                    "extra_inputs": [str(p) for p in extra_inputs],
                     "log_loss": metrics["log_loss"],
                     "rows": len(oof),
                     "throughput": throughput,
@@ -262,15 +279,24 @@ def run_folds(
     settings: TeacherSettings,
     loss_fn: LossFn = cross_entropy,
     fields_for_fold: Callable[[int], FieldsFn] | None = None,
+    extra_train: Callable[[int], list[dict]] | None = None,
+    extra_inputs: Sequence[Path] = (),
 ) -> Path:
-    """Train every requested fold not yet done, then combine when all folds are done."""
+    """Train every requested fold not yet done, then combine when all folds are done.
+
+    ``extra_train(k)``: fold k's extra training examples (``train_fold``); a finished fold is
+    reused only when it was built from the same ``extra_inputs``."""
     out_dir = Path(settings.out_dir)
     init_adapter = pretrain_adapter(cfg) if settings.init_from_pretrain else None
     tokenizer = load_tokenizer(cfg.model)
     enc = labelled_encodings(cfg, run, tokenizer, settings.max_length)
     for fold in folds_to_run(settings.folds, run.n_folds):
-        if fold_done(out_dir, fold) and not settings.overwrite:
-            require_fresh(fold_dir(out_dir, fold), run.files, stage=stage)
+        if (
+            fold_done(out_dir, fold)
+            and not settings.overwrite
+            and same_extra_inputs(out_dir, fold, extra_inputs)
+        ):
+            require_fresh(fold_dir(out_dir, fold), [*run.files, *extra_inputs], stage=stage)
             log.info("fold %d already done (%s): skipped", fold, fold_dir(out_dir, fold))
             continue
         train_fold(
@@ -283,6 +309,8 @@ def run_folds(
             loss_fn=loss_fn,
             fields=fields_for_fold(fold) if fields_for_fold else None,
             init_adapter=init_adapter,
+            extra_train=extra_train(fold) if extra_train else (),
+            extra_inputs=extra_inputs,
         )
     if is_main_process() and all(fold_done(out_dir, k) for k in range(run.n_folds)):
         combine_folds(cfg, out_dir, run.n_folds, stage=stage)
