@@ -180,3 +180,26 @@ def test_a_pool_does_not_rerun_the_data_stage_or_the_teachers():
     for label in ("data", "teacher minilm", "dump_logits minilm"):
         assert keys["with"][label] == keys["without"][label], label
     assert keys["with"]["distill"] != keys["without"]["distill"]
+
+
+def test_the_report_shows_the_counts_and_the_students_trained_on_them(tmp_path):
+    from arena_distill.io import write_json
+    from arena_distill.report.render import pseudo_labels, section_pseudo_labels
+
+    pseudo_dir = tmp_path / "pseudo"
+    pseudo_dir.mkdir()
+    counts = {"read": 10, "kept": 6, "scored": 8, "dropped": {"duplicate_of_train": 2}}
+    write_json(pseudo_dir / "manifest.json", {"outputs": {"rows": counts}})
+    students = tmp_path / "students"
+    for name, extra in (("s", [str(pseudo_dir / "rows.parquet")]), ("s_ce_only", [])):
+        (students / name / "fold_0").mkdir(parents=True)
+        write_json(
+            students / name / "fold_0" / "manifest.json", {"outputs": {"extra_inputs": extra}}
+        )
+    info = pseudo_labels(pseudo_dir, students)
+    assert info["rows"] == counts and info["students"] == ["s"]
+    text = section_pseudo_labels(
+        {"pseudo_labels": info, "oof_log_loss": {"student/s": 0.9512}}, plots=False
+    ).markdown()
+    assert "6 of 10 pool rows kept" in text and "duplicate_of_train" in text and "0.9512" in text
+    assert pseudo_labels(tmp_path / "none", students) is None

@@ -513,6 +513,7 @@ class ReportSettings:
     n_calibration_bins: int = 10
     plots: bool = True
     compare_with: str | None = None
+    pseudo_dir: str | None = None  # the pseudo_label stage's output: its counts, if present
 
 
 # name of the stage -> its block's dataclass (stages.<name>)
