@@ -63,6 +63,7 @@ from arena_distill.pseudo import (
     fold_mean_logits,
     select_rows,
 )
+from arena_distill.settings import DataSpec
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,12 @@ def read_pool(cfg: DictConfig, summary: DataSummary) -> tuple[pd.DataFrame, list
     dcfg = config.data(cfg)
     if not dcfg.unlabelled:
         raise StageInputError("data.unlabelled is empty: there is no pool to pseudo-label")
-    pool = load_specs(dcfg.unlabelled, summary=summary, on_bad_row=dcfg.on_bad_row)
+    # a bare path is a competition-layout file named by its stem (pandalm, hh_harmless, ...)
+    specs = [
+        DataSpec(path=s, format="competition", source=Path(s).stem) if isinstance(s, str) else s
+        for s in dcfg.unlabelled
+    ]
+    pool = load_specs(specs, summary=summary, on_bad_row=dcfg.on_bad_row)
     check_disjoint_ids({"pool": pool})
     for source, n in pool.loc[pool["label"].notna(), "source"].value_counts().items():
         summary.count(str(source), "label_ignored", int(n))
