@@ -82,7 +82,13 @@ READS: dict[str, tuple[str, ...]] = {
     "predict": ("model", "prompt", "data.sample_submission"),
     "baselines": ("seed",),
     "report": (),
-    "pseudo_label": ("prompt", "data.unlabelled", "pipeline.teachers", "stages.teacher"),
+    "pseudo_label": (
+        "prompt",
+        "data.unlabelled",
+        "data.on_bad_row",
+        "pipeline.teachers",
+        "stages.teacher",
+    ),
 }
 # Keys of a READS block a stage does not read: ``data.unlabelled`` is the pseudo_label stage's
 # alone, so adding a pool reruns it and the student, not the data stage and every teacher.

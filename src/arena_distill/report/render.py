@@ -347,40 +347,6 @@ def section_data(m: Mapping, *, plots: bool) -> Section:
     return s
 
 
-# the report's sections, in order: each ``(metrics, *, plots) -> Section``
-def section_training_logs(m: Mapping, *, plots: bool) -> Section:
-    """Where the training stages' TensorBoard event files are (``logging.report_to``); none:
-    empty."""
-    s = Section()
-    logs = m.get("training_logs") or {}
-    if not logs.get("runs"):
-        return s
-    s.h("Training logs")
-    s.p(
-        f"TensorBoard event files of {len(logs['runs'])} training runs under "
-        f"`{logs['tensorboard_dir']}` (`tensorboard --logdir {logs['tensorboard_dir']}`):"
-    )
-    s.table(["run", "event files"], [[r["run"], r["files"]] for r in logs["runs"]])
-    return s
-
-
-SECTIONS = (
-    section_intro,
-    section_warnings,
-    section_prior,
-    section_oof,
-    section_tta,
-    section_gains,
-    section_temperature,
-    section_holdout,
-    section_buckets,
-    section_calibration,
-    section_cost,
-    section_training_logs,
-    section_data,
-)
-
-
 def section_pseudo_labels(m: Mapping, *, plots: bool) -> Section:
     """The pseudo_label stage's counts (pool rows read, kept, dropped by reason) and the
     students trained on them, with their scores; none: empty."""
@@ -418,7 +384,39 @@ def section_pseudo_labels(m: Mapping, *, plots: bool) -> Section:
     return s
 
 
-SECTIONS = (*SECTIONS, section_pseudo_labels)
+# the report's sections, in order: each ``(metrics, *, plots) -> Section``
+def section_training_logs(m: Mapping, *, plots: bool) -> Section:
+    """Where the training stages' TensorBoard event files are (``logging.report_to``); none:
+    empty."""
+    s = Section()
+    logs = m.get("training_logs") or {}
+    if not logs.get("runs"):
+        return s
+    s.h("Training logs")
+    s.p(
+        f"TensorBoard event files of {len(logs['runs'])} training runs under "
+        f"`{logs['tensorboard_dir']}` (`tensorboard --logdir {logs['tensorboard_dir']}`):"
+    )
+    s.table(["run", "event files"], [[r["run"], r["files"]] for r in logs["runs"]])
+    return s
+
+
+SECTIONS = (
+    section_intro,
+    section_warnings,
+    section_prior,
+    section_oof,
+    section_tta,
+    section_gains,
+    section_temperature,
+    section_holdout,
+    section_buckets,
+    section_calibration,
+    section_cost,
+    section_training_logs,
+    section_data,
+    section_pseudo_labels,
+)
 
 
 def pseudo_labels(pseudo_dir: str | Path | None, students_dir: str | Path | None) -> dict | None:
