@@ -26,7 +26,7 @@ FOLD_ARG = $(if $(FOLD),stages.teacher.folds=$(FOLD))
 DISTILL_FOLD_ARG = $(if $(FOLD),stages.distill.folds=$(FOLD))
 
 .PHONY: help setup test test-slow test-all lint format demo pipeline demo-data data tiny-models tokenize \
-	pretrain train-teacher dump-logits distill merge quantize predict predict-holdout baselines report plan kaggle-package clean \
+	pretrain train-teacher dump-logits pseudo-label distill merge quantize predict predict-holdout baselines report plan kaggle-package clean \
 	test-gpu test-kill
 
 help:
@@ -38,6 +38,7 @@ help:
 	@echo "make demo       the whole pipeline on the embedded demo (CPU, tiny models; one process)"
 	@echo "make pipeline   the whole pipeline on your CSV: EXPERIMENT=cpu_real TRAIN=a.csv[,b.csv] OUT=dir"
 	@echo "                [PRETRAIN=c.csv[,d.csv]] [ABLATE=1: also the student without teacher terms]"
+	@echo "                [UNLABELLED=e.csv[,f.csv]: teacher-labelled pool, also trained on by the student]"
 	@echo "                [FORCE=1: rerun every stage, also those whose outputs are fresh]"
 	@echo "make lint       ruff"
 	@echo "stages (ARGS=\"hydra overrides\"): demo-data data tiny-models tokenize"
@@ -102,6 +103,11 @@ train-teacher: setup
 dump-logits: setup
 	for m in $(TEACHERS); do $(TRAIN_STAGE) dump_logits $(ARGS) model=$$m || exit 1; done
 
+# every teacher's soft labels on the unlabelled pool (data.unlabelled; UNLABELLED=a.csv[,b.csv])
+# -> runs/<run>/pseudo; then `make distill ARGS="stages.distill.pseudo_dir=runs/<run>/pseudo"`
+pseudo-label: setup
+	$(STAGE) pseudo_label $(if $(UNLABELLED),'data.unlabelled=[$(UNLABELLED)]') $(ARGS)
+
 # the student (pipeline.student) over all folds, distilled from every teacher's logits
 distill: setup
 	$(TRAIN_STAGE) distill $(ARGS) model=$(STUDENT) $(DISTILL_FOLD_ARG)
@@ -165,9 +171,10 @@ TRAIN ?=
 OUT ?=
 PRETRAIN ?=
 ABLATE ?=
+UNLABELLED ?=
 PIPE = experiment=$(EXPERIMENT) $(if $(TRAIN),'data.train.path=[$(TRAIN)]') $(if $(OUT),'run_dir=$(OUT)') \
 	$(if $(PRETRAIN),'data.pretrain=[$(PRETRAIN)]' stages.teacher.init_from_pretrain=true stages.distill.init_from_pretrain=true) \
-	$(if $(ABLATE),pipeline.ablate=true) $(ARGS)
+	$(if $(ABLATE),pipeline.ablate=true) $(if $(UNLABELLED),'data.unlabelled=[$(UNLABELLED)]') $(ARGS)
 pipeline: setup
 	$(PIPELINE) $(PIPE)
 

@@ -540,6 +540,7 @@ REPORT_SECTIONS = {
     "section_cost": "Cost",
     "section_training_logs": "Training logs",
     "section_data": "Data",
+    "section_pseudo_labels": "Pseudo-labels",
 }
 
 
@@ -551,6 +552,11 @@ def test_render_report_is_its_section_functions_in_order(synthetic):
     m["training_logs"] = {
         "tensorboard_dir": "runs/x/tensorboard",
         "runs": [{"run": "a", "files": 1}],
+    }
+    m["pseudo_labels"] = {
+        "folder": "runs/x/pseudo",
+        "rows": {"read": 3, "kept": 2, "scored": 2, "dropped": {"duplicate_of_train": 1}},
+        "students": ["m"],
     }
     assert m["recipe_gains"] and m["tta_gain"] and m["cost"]  # every section has something
     assert [f.__name__ for f in SECTIONS] == list(REPORT_SECTIONS)
@@ -589,12 +595,14 @@ def test_render_report_is_its_section_functions_in_order(synthetic):
     bare = {**m, "tta_gain": {}, "holdout_tta_gain": {}, "recipe_gains": [], "warnings": []}
     bare["training_logs"] = None
     bare["temperature_scaled"] = {}
+    bare["pseudo_labels"] = None
     for name in (
         "section_warnings",
         "section_tta",
         "section_gains",
         "section_temperature",
         "section_training_logs",
+        "section_pseudo_labels",
     ):
         assert by_name[name](bare, plots=True).markdown() == "", name
     assert sections["section_calibration"].markdown() == ""  # calibration: plots only

@@ -109,18 +109,23 @@ def train_fold(
     init_adapter: Path | None = None,
     callbacks: Sequence[TrainerCallback] = (),
     stamp: dict | None = None,
+    extra_train: Sequence[dict] = (),
+    extra_inputs: Sequence[Path] = (),
 ) -> dict:
     """Train ``cfg.model`` on fold ``fold``'s training rows, keep the best validation checkpoint,
     and write its adapter, OOF predictions and metrics to ``<settings.out_dir>/fold_<fold>/``.
     ``stamp``: the fold's fingerprint keys for its manifest (``fingerprint.stamp``).
 
-    Returns the fold's metrics."""
+    ``extra_train``: more training examples (the distill stage's pseudo-labelled rows), added
+    to the fold's training set only, never validated on; ``extra_inputs``: the files they came
+    from (in the manifest: a fold built from other ones is not reused). Returns the metrics."""
     out_dir = Path(settings.out_dir)
     timer = StageTimer()
     train_rows, valid_rows = split_by_fold(run.labelled, run.folds, fold)
     tr_ids, tr_y = train_rows["id"].tolist(), train_rows["label"].astype(int).tolist()
     va_ids, va_y = valid_rows["id"].tolist(), valid_rows["label"].astype(int).tolist()
     train_ex = make_examples(tr_ids, tr_y, enc, swap=settings.swap, fields=fields)
+    train_ex += list(extra_train)
     valid_ex = examples_for(va_ids, va_y, enc)
     # the same seed for every fold: every fold's LoRA starts from the same init (1st place),
     # which is what makes averaging the fold adapters meaningful
@@ -172,6 +177,7 @@ def train_fold(
         "prior_log_loss": prior_log_loss(np.asarray(tr_y), np.asarray(va_y)),
         "train_rows": len(tr_ids),
         "train_examples": len(train_ex),
+        "extra_train_examples": len(extra_train),
         "padding_share": round(result.padding_share, 4),
         "steps": trainer.state.global_step,
         "best_checkpoint": trainer.state.best_model_checkpoint,
@@ -198,9 +204,10 @@ def train_fold(
                     "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
                     "stage": config.to_dict(settings),
                 },
-                inputs=run.files + ([init_adapter] if init_adapter else []),
+                inputs=run.files + ([init_adapter] if init_adapter else []) + list(extra_inputs),
                 outputs={
                     "fold": fold,
+                    "extra_inputs": [str(p) for p in extra_inputs],
                     "log_loss": metrics["log_loss"],
                     "rows": len(oof),
                     "throughput": throughput,
@@ -277,14 +284,21 @@ def fold_blocks(stage: str) -> tuple[str, ...]:
     return ("model", "prompt", f"stages.{stage}", *fingerprint.DATA_SPLIT, *extra)
 
 
-def folds_fingerprint(cfg: DictConfig, run: RunData, stage: str, upstream: Sequence[Path]) -> dict:
+def folds_fingerprint(
+    cfg: DictConfig,
+    run: RunData,
+    stage: str,
+    upstream: Sequence[Path],
+    extra_files: Sequence[Path] = (),
+) -> dict:
     """What every fold of ``stage`` is built from now: its settings, the labelled data files
-    and folds, its upstream outputs (the pretrain adapter, the tiny models, teacher dumps)."""
+    and folds (and ``extra_files``: the pseudo-labelled rows), its upstream outputs (the
+    pretrain adapter, the tiny models, teacher dumps)."""
     run_dir = cfg.run_dir
     return fingerprint.make(
         stage,
         settings=fingerprint.settings(cfg, fold_blocks(stage)),
-        files=fingerprint.file_hashes(run.files, run_dir),
+        files=fingerprint.file_hashes([*run.files, *extra_files], run_dir),
         upstream=fingerprint.upstream_ids([*upstream, *fingerprint.model_folder(cfg)], run_dir),
     )
 
@@ -309,6 +323,8 @@ def run_folds(
     fields_for_fold: Callable[[int], FieldsFn] | None = None,
     upstream: Sequence[Path] = (),
     accepted: Sequence[str] = (),
+    extra_train: Callable[[int], list[dict]] | None = None,
+    extra_inputs: Sequence[Path] = (),
 ) -> Path:
     """Train every requested fold not yet done, then combine when all folds are done.
 
@@ -318,7 +334,9 @@ def run_folds(
     retrained, with the changes logged; a fresh one is skipped unless ``overwrite``
     (``stages.<stage>.overwrite`` or the root ``overwrite``). ``upstream``: more outputs the
     folds are built from (the teachers' dumps), already checked by the caller, who passes the
-    changes ``overwrite=true`` accepted in ``accepted``."""
+    changes ``overwrite=true`` accepted in ``accepted``. ``extra_train(k)``: fold k's extra
+    training examples (``train_fold``); their files ``extra_inputs`` are part of the folds'
+    fingerprint (a fold built from other ones is stale)."""
     out_dir = Path(settings.out_dir)
     run_dir = str(cfg.run_dir)
     accepted = [*accepted, *fingerprint.check_data(cfg, run.data_dir)]
@@ -329,7 +347,7 @@ def run_folds(
             init_adapter.parent, cfg, ("model", "prompt", "stages.pretrain")
         )
         upstream.append(init_adapter.parent)
-    expected = folds_fingerprint(cfg, run, stage, upstream)
+    expected = folds_fingerprint(cfg, run, stage, upstream, extra_inputs)
     retrain = settings.overwrite or fingerprint.overwrite(cfg)
     tokenizer = load_tokenizer(cfg.model)
     enc = labelled_encodings(cfg, run, tokenizer, settings.max_length)
@@ -353,6 +371,8 @@ def run_folds(
             fields=fields_for_fold(fold) if fields_for_fold else None,
             init_adapter=init_adapter,
             stamp=fingerprint.stamp({**expected, "fold": fold}, accepted),
+            extra_train=extra_train(fold) if extra_train else (),
+            extra_inputs=extra_inputs,
         )
     if not is_main_process():
         return out_dir

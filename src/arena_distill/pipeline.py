@@ -8,7 +8,8 @@ exactly what ``arena-distill <stage> <overrides>`` writes: the same outputs and 
 Which steps run follows from the config: ``demo_data`` when the data config reads the demo's
 files, ``tiny_models`` when a model of the recipe lives in its output folder, ``pretrain`` for
 the teachers (the student) when ``stages.teacher.init_from_pretrain``
-(``stages.distill.init_from_pretrain``), the CE-only student when ``pipeline.ablate``,
+(``stages.distill.init_from_pretrain``), ``pseudo_label`` (and the student trained on its rows
+too) when ``data.unlabelled`` names a pool, the CE-only student when ``pipeline.ablate``,
 ``predict`` when the data has a test set, the holdout predictions (merged, quantized, every
 fold's student) when ``data.holdout_frac > 0``.
 
@@ -82,7 +83,17 @@ READS: dict[str, tuple[str, ...]] = {
     "predict": ("model", "prompt", "data.sample_submission"),
     "baselines": ("seed",),
     "report": (),
+    "pseudo_label": (
+        "prompt",
+        "data.unlabelled",
+        "data.on_bad_row",
+        "pipeline.teachers",
+        "stages.teacher",
+    ),
 }
+# Keys of a READS block a stage does not read: ``data.unlabelled`` is the pseudo_label stage's
+# alone, so adding a pool reruns it and the student, not the data stage and every teacher.
+NOT_READ: dict[str, dict[str, tuple[str, ...]]] = {"data": {"data": ("unlabelled",)}}
 # Typical share of a stage in the demo's time (from its manifests), for the first run's estimate.
 TYPICAL_SECONDS: dict[str, float] = {
     "demo_data": 2,
@@ -98,6 +109,7 @@ TYPICAL_SECONDS: dict[str, float] = {
     "predict": 8,
     "baselines": 10,
     "report": 10,
+    "pseudo_label": 20,
 }
 
 
@@ -161,7 +173,20 @@ def plan(cfg: DictConfig, model_paths: dict[str, str]) -> list[Step]:
     for m in teachers:
         add(f"dump_logits {m}", "dump_logits", f"model={m}", needs=["data", f"teacher {m}"])
     dumps = [f"dump_logits {m}" for m in teachers]
-    add("distill", "distill", f"model={student}", needs=[*base, f"pretrain {student}", *dumps])
+    # the pseudo-labelled pool (data.unlabelled): scored by every teacher, then in the student's
+    # training set; the CE-only student stays without it (no teacher terms: no loss on it)
+    pseudo = bool(data.get("unlabelled"))
+    student_extra: tuple[str, ...] = ()
+    if pseudo:
+        add("pseudo_label", "pseudo_label", needs=["data", *[f"teacher {m}" for m in teachers]])
+        student_extra = ("stages.distill.pseudo_dir=${stages.pseudo_label.out_dir}",)
+    add(
+        "distill",
+        "distill",
+        f"model={student}",
+        *student_extra,
+        needs=[*base, f"pretrain {student}", *dumps, "pseudo_label"],
+    )
     if pipe.ablate:
         add(
             "distill ce_only",
@@ -170,6 +195,7 @@ def plan(cfg: DictConfig, model_paths: dict[str, str]) -> list[Step]:
             "stages.distill.weights.kl=0",
             "stages.distill.weights.cos=0",
             f"stages.distill.out_dir=${{run_dir}}/students/{student}_ce_only",
+            *(("stages.distill.pseudo_dir=null",) if pseudo else ()),
             needs=[*base, f"pretrain {student}", *dumps],
         )
     add("merge", "merge", f"model={student}", needs=["distill", "tiny_models"])
@@ -238,6 +264,9 @@ def step_key(step: Step, step_cfg: DictConfig, state: dict) -> str:
     """sha256 of what the step reads: its stage block, the blocks of ``READS``, the overrides
     and the manifests its upstream steps left."""
     blocks = {b: _select(step_cfg, b) for b in (f"stages.{step.stage}", *READS[step.stage])}
+    for block, keys in NOT_READ.get(step.stage, {}).items():
+        if isinstance(blocks.get(block), dict):
+            blocks[block] = {k: v for k, v in blocks[block].items() if k not in keys}
     upstream = {n: (state.get(n) or {}).get("manifest_sha256") for n in step.needs}
     payload = {"stage": step.stage, "overrides": step.overrides, "blocks": blocks, "up": upstream}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

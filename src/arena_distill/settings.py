@@ -124,6 +124,9 @@ class DataSettings:
     test_labels: str | None = None
     extra: list[DataSpec | str] = field(default_factory=list)
     pretrain: list[DataSpec | str] = field(default_factory=list)
+    # unlabelled pool for the pseudo_label stage (labels ignored if present); not read by the
+    # data stage, so a new pool reruns only pseudo_label and the student
+    unlabelled: list[DataSpec | str] = field(default_factory=list)
     on_bad_row: str = "error"
     dedup: bool = True
     holdout_frac: float = 0.0
@@ -281,6 +284,51 @@ class DistillSettings(TeacherSettings):
     temperature: float = 1.0
     weights: LossWeights = field(default_factory=LossWeights)
     normalise_weights: bool = True
+    # the pseudo_label stage's output to train on too (teacher terms only); null: labelled only
+    pseudo_dir: str | None = None
+    pseudo_weight: float = 1.0  # weight of a pseudo row's teacher terms (a labelled row: 1)
+    pseudo_targets: str = "fold"  # fold: fold k's teacher for student k | mean: every fold's
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pseudo_targets not in PSEUDO_TARGETS:
+            raise ConfigError(
+                f"stages.distill.pseudo_targets must be one of {PSEUDO_TARGETS}, "
+                f"got {self.pseudo_targets!r}"
+            )
+        if self.pseudo_weight < 0:
+            raise ConfigError(
+                f"stages.distill.pseudo_weight must be >= 0, got {self.pseudo_weight}"
+            )
+
+
+PSEUDO_TARGETS = ("fold", "mean")
+PSEUDO_RANK_BY = ("confidence", "agreement")
+
+
+@dataclass(kw_only=True)
+class PseudoLabelSettings:
+    """``stages.pseudo_label``: the teachers' soft labels on ``data.unlabelled`` and which rows
+    to keep. A row is kept when its confidence >= ``min_confidence`` and its agreement >=
+    ``min_agreement``, then only the ``top_fraction`` of those by ``rank_by`` (1.0: all)."""
+
+    out_dir: str
+    teachers_dir: str  # <teachers_dir>/<teacher>/fold_<k>/adapter (the teacher stage)
+    min_confidence: float = 0.0
+    min_agreement: float = 0.0
+    top_fraction: float = 1.0
+    rank_by: str = "confidence"  # confidence | agreement
+    max_rows: int | None = None  # score at most this many pool rows (a seeded sample)
+    seed: int = 2025
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.rank_by not in PSEUDO_RANK_BY:
+            raise ConfigError(f"stages.pseudo_label.rank_by must be one of {PSEUDO_RANK_BY}")
+        if not 0.0 < self.top_fraction <= 1.0:
+            raise ConfigError("stages.pseudo_label.top_fraction must be in (0, 1]")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ConfigError("stages.pseudo_label.max_rows must be >= 1 or null")
 
 
 ORIENTATIONS = {"original": False, "swapped": True}
@@ -465,6 +513,7 @@ class ReportSettings:
     n_calibration_bins: int = 10
     plots: bool = True
     compare_with: str | None = None
+    pseudo_dir: str | None = None  # the pseudo_label stage's output: its counts, if present
 
 
 # name of the stage -> its block's dataclass (stages.<name>)
@@ -483,6 +532,7 @@ STAGE_SETTINGS: dict[str, type] = {
     "baselines": BaselinesSettings,
     "report": ReportSettings,
     "plan": PlanSettings,
+    "pseudo_label": PseudoLabelSettings,
 }
 
 ROOT_SCALARS = {

@@ -31,14 +31,14 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from arena_distill import faults
 from arena_distill.collate import PreferenceCollator
-from arena_distill.losses import LossFn, cross_entropy
+from arena_distill.losses import IGNORE_LABEL, LossFn, cross_entropy
 from arena_distill.metrics import classification_metrics, log_loss_from_logits
 from arena_distill.settings import SWAP_MODES, TrainSettings
 
 log = logging.getLogger(__name__)
 
-# label after an A/B swap
-SWAP_LABEL = {0: 1, 1: 0, 2: 2}
+# label after an A/B swap (a pseudo-labelled row has none: IGNORE_LABEL)
+SWAP_LABEL = {0: 1, 1: 0, 2: 2, IGNORE_LABEL: IGNORE_LABEL}
 
 
 def examples_for(

@@ -61,6 +61,8 @@ def dedup_against(
     *,
     summary: DataSummary,
     source_name: str | None = None,
+    reference_name: str = "train",
+    own_name: str = "extra",
 ) -> pd.DataFrame:
     """Rows of ``extra`` that duplicate neither a ``reference`` row nor an earlier ``extra`` row.
 
@@ -70,6 +72,8 @@ def dedup_against(
     such as ``"duplicate of train id 123 (swapped)"`` or ``"duplicate of extra id x7"``, and
     counted as the event ``duplicate_of_train[_swapped]`` / ``duplicate_of_extra[_swapped]``.
     The source recorded is ``source_name`` if given, else the row's ``source`` column.
+    ``reference_name`` / ``own_name`` name the two tables in reasons and events (the
+    pseudo_label stage checks its pool against ``test`` and ``extra`` too, as ``pool``).
 
     Returns the kept rows in their original order with a fresh index.
     """
@@ -89,7 +93,7 @@ def dedup_against(
     for i, (rid, src, (p, a, b)) in enumerate(zip(extra["id"], sources, rows, strict=True)):
         key, swap = pair_key(p, a, b), pair_key(p, b, a)
         reason = event = None
-        for table, where in ((ref_ids, "train"), (kept_ids, "extra")):
+        for table, where in ((ref_ids, reference_name), (kept_ids, own_name)):
             if key in table:
                 reason, event = f"duplicate of {where} id {table[key]}", f"duplicate_of_{where}"
             elif swap in table:

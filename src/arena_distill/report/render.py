@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
-from arena_distill.io import write_json
+from arena_distill.io import read_json, write_json
 from arena_distill.report.doc import Doc, Section
 from arena_distill.report.load import CLASSES, FOLDS_MEAN, HOLDOUT, OOF, TTA_SUFFIX, RunPredictions
 from arena_distill.report.metrics import build_metrics
@@ -347,6 +347,43 @@ def section_data(m: Mapping, *, plots: bool) -> Section:
     return s
 
 
+def section_pseudo_labels(m: Mapping, *, plots: bool) -> Section:
+    """The pseudo_label stage's counts (pool rows read, kept, dropped by reason) and the
+    students trained on them, with their scores; none: empty."""
+    s = Section()
+    info = m.get("pseudo_labels")
+    if not info:
+        return s
+    s.h("Pseudo-labels")
+    rows = info["rows"]
+    s.p(
+        f"`{info['folder']}`: {rows['kept']} of {rows['read']} pool rows kept "
+        f"({rows['scored']} scored by the teachers; mean confidence of the kept rows "
+        f"{info.get('mean_confidence_kept')}, mean agreement {info.get('mean_agreement_kept')})."
+    )
+    dropped = rows.get("dropped") or {}
+    s.table(["dropped (reason)", "rows"], list(dropped.items()) or [["none", 0]])
+    students = info.get("students") or []
+    if students:
+        oof = m.get("oof_log_loss", {})
+
+        def score(name: str) -> str:
+            value = oof.get(name)
+            return f"{value:.4f}" if value is not None else "-"
+
+        s.p(
+            "Students trained on them too (teacher terms only; the holdout section scores the "
+            "merged, quantized and fold-mean models of the run's student):"
+        )
+        s.table(
+            ["student", "OOF log loss", "+swap-TTA"],
+            [[f"student/{n}", score(f"student/{n}"), score(f"student/{n}+tta")] for n in students],
+        )
+    else:
+        s.p("No student of this run was trained on them.")
+    return s
+
+
 # the report's sections, in order: each ``(metrics, *, plots) -> Section``
 def section_training_logs(m: Mapping, *, plots: bool) -> Section:
     """Where the training stages' TensorBoard event files are (``logging.report_to``); none:
@@ -378,7 +415,31 @@ SECTIONS = (
     section_cost,
     section_training_logs,
     section_data,
+    section_pseudo_labels,
 )
+
+
+def pseudo_labels(pseudo_dir: str | Path | None, students_dir: str | Path | None) -> dict | None:
+    """The pseudo_label stage's manifest counts and the students (``students_dir/<name>``)
+    whose folds were trained on its rows; None without that stage's output."""
+    if not pseudo_dir or not (Path(pseudo_dir) / "manifest.json").is_file():
+        return None
+    folder = Path(pseudo_dir)
+    outputs = read_json(folder / "manifest.json").get("outputs", {})
+    rows_file = str((folder / "rows.parquet").resolve())
+    students = []
+    for manifest in sorted(Path(students_dir or folder).glob("*/fold_0/manifest.json")):
+        extra = read_json(manifest).get("outputs", {}).get("extra_inputs", [])
+        if rows_file in {str(Path(p).resolve()) for p in extra}:
+            students.append(manifest.parent.parent.name)
+    return {
+        "folder": str(folder),
+        "rows": outputs.get("rows", {}),
+        "mean_confidence_kept": outputs.get("mean_confidence_kept"),
+        "mean_agreement_kept": outputs.get("mean_agreement_kept"),
+        "soft_label_mix_kept": outputs.get("soft_label_mix_kept"),
+        "students": students,
+    }
 
 
 def render_report(
@@ -400,6 +461,8 @@ def write_report(
     n_calibration_bins: int = 10,
     plots: bool = True,
     tensorboard_dir: str | Path | None = None,
+    pseudo_dir: str | Path | None = None,
+    students_dir: str | Path | None = None,
 ) -> dict:
     """``metrics.json``, ``report.md``, ``report.html`` and ``plots/`` into ``out_dir``
     (not atomic: the stage writes into a temporary folder). Returns the metrics.
@@ -416,6 +479,9 @@ def write_report(
     logs = training_logs(tensorboard_dir)
     if logs:
         metrics["training_logs"] = logs
+    pseudo = pseudo_labels(pseudo_dir, students_dir)
+    if pseudo:
+        metrics["pseudo_labels"] = pseudo
     write_json(out_dir / "metrics.json", metrics)
     render_report(metrics, title=f"arena-distill report: {run.run_dir.name}", plots=plots).write(
         out_dir, "report"

@@ -13,6 +13,7 @@ STAGES: dict[str, str] = {
     "pretrain": "arena_distill.stages.pretrain",
     "teacher": "arena_distill.stages.teacher",
     "dump_logits": "arena_distill.stages.dump_logits",
+    "pseudo_label": "arena_distill.stages.pseudo_label",
     "distill": "arena_distill.stages.distill",
     "merge": "arena_distill.stages.merge",
     "quantize": "arena_distill.stages.quantize",

@@ -25,67 +25,20 @@ from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.dedup import dedup_against
 from arena_distill.data.folds import build_folds, load_or_create_folds, write_folds
-from arena_distill.data.readers import attach_labels, load_source, read_sample_submission
-from arena_distill.data.schema import LABEL_NAMES, DataError, empty_table
+from arena_distill.data.readers import attach_labels, read_sample_submission
+from arena_distill.data.schema import LABEL_NAMES, DataError
+from arena_distill.data.sources import (
+    check_disjoint_ids,
+    load_spec,
+    load_specs,
+    spec_paths,
+)
 from arena_distill.data.summary import DataSummary
 from arena_distill.data.tableio import save_table
 from arena_distill.io import StageInputError, StageTimer, atomic_dir, write_manifest
 from arena_distill.layout import EXTRA, FOLDS, PRETRAIN, SUMMARY, TEST, TRAIN
-from arena_distill.settings import DataSpec
 
 log = logging.getLogger(__name__)
-
-
-def spec_paths(spec: DataSpec | str) -> list[str]:
-    """The file(s) of one data-config entry: ``path`` may be one path or a list of paths."""
-    if isinstance(spec, str):
-        return [spec]
-    if isinstance(spec.path, str):
-        return [spec.path]
-    if not spec.path:
-        raise DataError("`path` is an empty list", file=str(spec))
-    return [str(p) for p in spec.path]
-
-
-def load_spec(spec: DataSpec | str, *, summary: DataSummary, on_bad_row: str) -> pd.DataFrame:
-    """Read one entry of the data config: ``{path, format, source, options}``, where ``path`` is
-    one file or a list of files in the same format (concatenated: a union of sets), or a bare
-    path string, read as a competition-format file (``data.pretrain=[a.csv,b.csv]`` on the
-    command line). Ids must stay unique across the files (the stage checks)."""
-    if isinstance(spec, str):
-        spec = DataSpec(path=spec, format="competition")
-    tables = [
-        load_source(
-            path,
-            spec.format,
-            summary=summary,
-            source=spec.source,
-            on_bad_row=on_bad_row,
-            **(spec.options or {}),
-        )
-        for path in spec_paths(spec)
-    ]
-    return pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
-
-
-def load_specs(specs, *, summary: DataSummary, on_bad_row: str) -> pd.DataFrame:
-    tables = [load_spec(s, summary=summary, on_bad_row=on_bad_row) for s in specs or []]
-    return pd.concat(tables, ignore_index=True) if tables else empty_table()
-
-
-def check_disjoint_ids(tables: dict[str, pd.DataFrame]) -> None:
-    """Ids key every later artifact (folds, logits, predictions): they must not collide."""
-    seen: dict[str, str] = {}
-    for name, df in tables.items():
-        for rid in df["id"]:
-            if rid in seen:
-                raise DataError(
-                    f"id also appears in the {seen[rid]} table; ids must be unique across sets",
-                    file=name,
-                    row=rid,
-                    column="id",
-                )
-            seen[rid] = name
 
 
 def run(cfg: DictConfig) -> Path:

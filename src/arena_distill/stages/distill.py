@@ -9,6 +9,14 @@ For fold k the student's training rows are fold k's training rows, each joined b
 teacher's fold-k logits on the same orientation: a swapped training row uses the teacher's
 logits on the swapped input, or the original logits mirrored (A and B exchanged) when only the
 original orientation was dumped. A training id without a teacher logit is an error.
+
+With ``stages.distill.pseudo_dir`` (the pseudo_label stage's output; ``make pipeline
+UNLABELLED=...`` sets it) every fold also trains on the kept pseudo-labelled rows, in the same
+swap augmentation, with the teacher terms only, weighted by ``pseudo_weight``
+(``losses.DistillLoss``): fold k pairs them with teacher fold k's logits (``pseudo_targets:
+fold``; teacher fold k never saw fold k's validation rows, so the OOF stays clean) or with the
+mean over the teacher's folds (``mean``). They are never validated on: the OOF predictions are
+the labelled validation rows only.
 """
 
 from __future__ import annotations
@@ -26,9 +34,13 @@ from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.crossval import run_folds
 from arena_distill.data.swap import mirror_probs
+from arena_distill.encode import data_key, encodings, prompt_config
 from arena_distill.io import StageInputError, require_fresh, require_stage_output
 from arena_distill.layout import LOGIT_COLS, load_run_data
-from arena_distill.losses import DistillLoss
+from arena_distill.losses import IGNORE_LABEL, DistillLoss
+from arena_distill.models.factory import load_tokenizer
+from arena_distill.pseudo import MEAN_FOLD, ROWS, PseudoRows, read_pseudo
+from arena_distill.train import make_examples
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +73,12 @@ def load_teacher_logits(logits_dir: Path, teacher: str, data_files: list[Path]) 
     return lookup
 
 
-def teacher_fields(lookups: dict[str, Lookup]) -> Callable[[int], Callable[[str, bool], dict]]:
-    """Per fold, the ``fields(id, swapped)`` hook adding ``teacher_logits`` (n_teachers × 3)."""
+def teacher_fields(
+    lookups: dict[str, Lookup], *, pseudo: bool = False
+) -> Callable[[int], Callable[[str, bool], dict]]:
+    """Per fold, the ``fields(id, swapped)`` hook adding ``teacher_logits`` (n_teachers × 3),
+    and ``pseudo`` = 0 when pseudo-labelled rows share the batches."""
+    flag = {"pseudo": 0.0} if pseudo else {}
 
     def for_fold(fold: int) -> Callable[[str, bool], dict]:
         def fields(rid: str, swapped: bool) -> dict:
@@ -76,9 +92,38 @@ def teacher_fields(lookups: dict[str, Lookup]) -> Callable[[int], Callable[[str,
                         f"`arena-distill dump_logits model={teacher}` on the current data"
                     )
                 logits.append(value.tolist())
-            return {"teacher_logits": logits}
+            return {"teacher_logits": logits, **flag}
 
         return fields
+
+    return for_fold
+
+
+def pseudo_examples(
+    cfg: DictConfig, pseudo: PseudoRows, teachers: list[str], settings, labelled_ids: set[str]
+) -> Callable[[int], list[dict]]:
+    """Per fold, the pseudo-labelled training examples: no label (``IGNORE_LABEL``),
+    ``pseudo`` = 1, each teacher's logits on the same orientation (fold k's or the mean)."""
+    ids = pseudo.rows["id"].astype(str).tolist()
+    clash = sorted(labelled_ids.intersection(ids))[:5]
+    if clash:
+        raise StageInputError(
+            f"pseudo-labelled ids {clash} are also labelled ids; rerun pseudo_label"
+        )
+    tokenizer = load_tokenizer(cfg.model)
+    prompt = prompt_config(cfg, settings.max_length)
+    enc = encodings(pseudo.rows, tokenizer, prompt, cfg, data_key(pseudo.folder / ROWS))
+
+    def for_fold(fold: int) -> list[dict]:
+        source = fold if settings.pseudo_targets == "fold" else MEAN_FOLD
+
+        def fields(rid: str, swapped: bool) -> dict:
+            return {
+                "teacher_logits": pseudo.teacher_logits(teachers, source, rid, swapped),
+                "pseudo": 1.0,
+            }
+
+        return make_examples(ids, [IGNORE_LABEL] * len(ids), enc, swap=settings.swap, fields=fields)
 
     return for_fold
 
@@ -103,7 +148,24 @@ def run(cfg: DictConfig) -> Path:
         kl=w.kl,
         cos=w.cos,
         normalise=settings.normalise_weights,
+        pseudo_weight=settings.pseudo_weight,
     )
+    pseudo = None
+    if settings.pseudo_dir and settings.pseudo_weight > 0 and w.kl + w.cos > 0:
+        folder = require_stage_output(settings.pseudo_dir, stage="pseudo_label", files=[ROWS])
+        require_fresh(folder, run_data.files, stage="pseudo_label")
+        accepted += fingerprint.check_input(folder, cfg, ("data.unlabelled", "pipeline.teachers"))
+        dumps.append(folder)
+        pseudo = read_pseudo(folder)
+        log.info(
+            "with %d pseudo-labelled rows from %s (teacher terms only, weight %s, %s targets)",
+            len(pseudo.rows),
+            folder,
+            settings.pseudo_weight,
+            settings.pseudo_targets,
+        )
+    elif settings.pseudo_dir:
+        log.info("pseudo rows not used: pseudo_weight or the teacher weights are 0 (no loss)")
     log.info(
         "distilling %s from %s (T=%s, weights ce=%s kl=%s cos=%s, normaliser %s)",
         cfg.model.name,
@@ -120,9 +182,15 @@ def run(cfg: DictConfig) -> Path:
         stage="distill",
         settings=settings,
         loss_fn=loss,
-        fields_for_fold=teacher_fields(lookups),
+        fields_for_fold=teacher_fields(lookups, pseudo=pseudo is not None),
         upstream=dumps,
         accepted=accepted,
+        extra_train=(
+            pseudo_examples(cfg, pseudo, list(teachers), settings, set(run_data.labelled["id"]))
+            if pseudo is not None
+            else None
+        ),
+        extra_inputs=pseudo.files if pseudo is not None else (),
     )
 
 

@@ -99,6 +99,8 @@ def run(cfg: DictConfig) -> Path:
             n_calibration_bins=settings.n_calibration_bins,
             plots=plots,
             tensorboard_dir=config.logging_settings(cfg).tensorboard_dir,
+            pseudo_dir=settings.pseudo_dir,
+            students_dir=settings.students_dir,
         )
         timer.lap("report")
         outputs = {
