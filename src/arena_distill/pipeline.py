@@ -81,6 +81,7 @@ READS: dict[str, tuple[str, ...]] = {
     "predict": ("model", "prompt", "data.sample_submission"),
     "baselines": ("seed",),
     "report": (),
+    "stack": ("seed", "stages.baselines", "stages.predict"),
 }
 # Typical share of a stage in the demo's time (from its manifests), for the first run's estimate.
 TYPICAL_SECONDS: dict[str, float] = {
@@ -97,6 +98,7 @@ TYPICAL_SECONDS: dict[str, float] = {
     "predict": 8,
     "baselines": 10,
     "report": 10,
+    "stack": 10,
 }
 
 
@@ -199,6 +201,12 @@ def plan(cfg: DictConfig, model_paths: dict[str, str]) -> list[Step]:
                 group="holdout",
             )
     add("baselines", "baselines", needs=["data"])
+    add(
+        "stack",
+        "stack",
+        f"model={student}",
+        needs=["data", "distill", "baselines", "holdout quantized", "predict"],
+    )
     add("report", "report", needs=[s.label for s in steps])
     return steps
 

@@ -465,6 +465,25 @@ class ReportSettings:
     n_calibration_bins: int = 10
     plots: bool = True
     compare_with: str | None = None
+    stack_dir: str | None = None
+
+
+@dataclass(kw_only=True)
+class StackSettings:
+    out_dir: str
+    student_dir: str | None = None  # the fold students' OOF (null: no student feature)
+    baselines_dir: str
+    baselines: list[str] = field(default_factory=lambda: ["length_lr", "tfidf_lr"])
+    length: bool = True
+    cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    holdout_dir: str | None = None
+    test_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.cs or any(c <= 0 for c in self.cs):
+            raise ConfigError(f"stages.stack.cs: positive inverse L2 strengths, got {self.cs}")
+        if "prior" in self.baselines:
+            raise ConfigError("stages.stack.baselines: prior is a constant (the intercept)")
 
 
 # name of the stage -> its block's dataclass (stages.<name>)
@@ -483,6 +502,7 @@ STAGE_SETTINGS: dict[str, type] = {
     "baselines": BaselinesSettings,
     "report": ReportSettings,
     "plan": PlanSettings,
+    "stack": StackSettings,
 }
 
 ROOT_SCALARS = {"run_name": str, "runs_root": str, "run_dir": str, "seed": int}
