@@ -67,11 +67,11 @@ def test_no_row_is_scored_by_a_stacker_that_saw_it(monkeypatch):
 
     monkeypatch.setattr(stacking, "fit_stacker", recording_fit)
     monkeypatch.setattr(stacking.Stacker, "predict_proba", checking_proba)
-    out = cross_fit(feats, y, folds, [0.1, 1.0], seed=0)
-    assert len(scored) == 3 * (2 * 2 + 1)  # per fold: 2 Cs x 2 inner folds, then the fold
+    out = cross_fit(feats, y, folds, [0.1, 1.0], n_splits=3, seed=0)
+    assert len(scored) == 3 * (2 * 3 + 1)  # per fold: 2 Cs x 3 inner splits, then the fold
     assert all(rows and not rows & seen for rows, seen in scored)
     # the three outer predictions cover every row once
-    outer = [rows for rows, _ in scored[4::5]]
+    outer = [rows for rows, _ in scored[6::7]]
     assert sorted(i for r in outer for i in r) == list(range(90))
     assert out.probs.shape == (90, 3) and len(out.c_per_fold) == 3
 
@@ -82,22 +82,22 @@ def test_a_memorising_stacker_stays_honest_when_cross_fitted():
     feats, y, folds = _noise(150, 200, seed=1)
     seen = fit_stacker(feats, y, np.arange(150), c=100.0, seed=0)
     assert log_loss(seen.predict_proba(feats.x), y) < 0.1
-    crossed = cross_fit(feats, y, folds, [100.0], seed=0)
+    crossed = cross_fit(feats, y, folds, [100.0], n_splits=2, seed=0)
     assert log_loss(crossed.probs, y) > 1.0
 
 
 def test_a_feature_that_carries_the_label_is_learnt_out_of_fold():
     feats, y, folds = _noise(300, 2, seed=2)
     feats.x[:, 0] += 3.0 * (y == 0) - 3.0 * (y == 1)
-    out = cross_fit(feats, y, folds, [0.01, 1.0], seed=0)
+    out = cross_fit(feats, y, folds, [0.01, 1.0], n_splits=3, seed=0)
     assert log_loss(out.probs, y) < 0.75
     assert len(out.fold_log_loss) == 3
 
 
-def test_choose_c_splits_a_single_fold_in_two():
+def test_choose_c_prefers_the_strength_that_generalises():
     feats, y, _ = _noise(120, 2, seed=3)
     feats.x[:, 0] += 2.0 * (y == 0)
-    c, scores = choose_c(feats, y, np.zeros(120, dtype=int), np.arange(120), [1e-4, 1.0], seed=0)
+    c, scores = choose_c(feats, y, np.arange(120), [1e-4, 1.0], n_splits=4, seed=0)
     assert c == 1.0 and set(scores) == {"0.0001", "1.0"}
     assert scores["1.0"] < scores["0.0001"]
 

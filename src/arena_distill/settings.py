@@ -476,12 +476,15 @@ class StackSettings:
     baselines: list[str] = field(default_factory=lambda: ["length_lr", "tfidf_lr"])
     length: bool = True
     cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    inner_splits: int = 5
     holdout_dir: str | None = None
     test_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not self.cs or any(c <= 0 for c in self.cs):
             raise ConfigError(f"stages.stack.cs: positive inverse L2 strengths, got {self.cs}")
+        if self.inner_splits < 2:
+            raise ConfigError(f"stages.stack.inner_splits: at least 2, got {self.inner_splits}")
         if "prior" in self.baselines:
             raise ConfigError("stages.stack.baselines: prior is a constant (the intercept)")
 

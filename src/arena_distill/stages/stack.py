@@ -177,9 +177,11 @@ def run(cfg: DictConfig) -> Path:
 
     # --- cross-fitted OOF, then the stacker on every OOF row
     cs = [float(c) for c in settings.cs]
-    crossed: CrossFit = cross_fit(feats, labels, folds, cs, seed=seed)
-    c_best, c_scores = choose_c(feats, labels, folds, np.arange(len(labels)), cs, seed=seed)
-    stacker = fit_stacker(feats, labels, np.arange(len(labels)), c=c_best, seed=seed)
+    n_splits = settings.inner_splits
+    crossed: CrossFit = cross_fit(feats, labels, folds, cs, n_splits=n_splits, seed=seed)
+    every = np.arange(len(labels))
+    c_best, c_scores = choose_c(feats, labels, every, cs, n_splits=n_splits, seed=seed)
+    stacker = fit_stacker(feats, labels, every, c=c_best, seed=seed)
     timer.lap("fit")
     metrics = {
         "features": feats.names,
