@@ -186,3 +186,23 @@ def test_the_stacker_folder_round_trips(rows, tmp_path):
     want_p, want_tta = s.predict(f)
     np.testing.assert_allclose(p, want_p, atol=1e-10)
     np.testing.assert_allclose(tta, want_tta, atol=1e-10)
+
+
+def test_the_package_script_ships_the_runs_stacker(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("pk", repo / "scripts/package_kaggle.py")
+    pk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pk)
+    run = tmp_path / "run"
+    base = ["--out", str(tmp_path / "o"), "--kaggle-user", "me", "--run-dir", str(run)]
+    assert pk.choose_stacker_dir(pk.parse_args(base)) is None  # the run has no stack/
+    folder = run / "stack" / stacking.STACKER_DIR
+    folder.mkdir(parents=True)
+    (folder / stacking.STACKER_FILE).write_text("{}")
+    assert pk.choose_stacker_dir(pk.parse_args(base)) == folder
+    assert pk.choose_stacker_dir(pk.parse_args([*base, "--no-stacker"])) is None
+    with pytest.raises(SystemExit, match="no stacker.json"):
+        pk.choose_stacker_dir(pk.parse_args([*base, "--stacker-dir", str(tmp_path)]))
