@@ -73,7 +73,7 @@ def test_no_row_is_scored_by_a_stacker_that_saw_it(monkeypatch):
     # the three outer predictions cover every row once
     outer = [rows for rows, _ in scored[6::7]]
     assert sorted(i for r in outer for i in r) == list(range(90))
-    assert out.probs.shape == (90, 3) and len(out.c_per_fold) == 3
+    assert out.probs.shape == (90, 3) and len(out.choices) == 3
 
 
 def test_a_memorising_stacker_stays_honest_when_cross_fitted():
@@ -206,3 +206,33 @@ def test_the_package_script_ships_the_runs_stacker(tmp_path):
     assert pk.choose_stacker_dir(pk.parse_args([*base, "--no-stacker"])) is None
     with pytest.raises(SystemExit, match="no stacker.json"):
         pk.choose_stacker_dir(pk.parse_args([*base, "--stacker-dir", str(tmp_path)]))
+
+
+def test_an_input_better_than_any_regression_is_passed_through():
+    """A regression held at the prior by a huge L2 cannot beat an informative input: with
+    passthrough the cross-fit returns that input's own probabilities, out of fold."""
+    rng = np.random.default_rng(4)
+    n = 300
+    y = rng.integers(0, 3, n)
+    good = np.full((n, 3), 0.1)
+    good[np.arange(n), y] = 0.8
+    flip = rng.random(n) < 0.3  # 30% of rows confidently wrong: calibrated-ish, not perfect
+    good[flip] = good[flip][:, [1, 2, 0]]
+    noise = rng.dirichlet([1, 1, 1], n)
+    feats = Features(
+        stacking.feature_names(["good", "noise"], student=False, length=False),
+        np.column_stack([np.log(good), np.log(noise)]),
+        None,
+    )
+    assert stacking.blocks_of(feats.names) == ["baseline/good", "baseline/noise"]
+    folds = np.arange(n) % 3
+    plain = cross_fit(feats, y, folds, [1e-6], n_splits=3, seed=0)
+    assert plain.choices == ["C=1e-06"] * 3
+    out = cross_fit(feats, y, folds, [1e-6], n_splits=3, seed=0, passthrough=True)
+    assert out.choices == ["baseline/good"] * 3
+    np.testing.assert_allclose(out.probs, good, atol=1e-12)
+    assert log_loss(out.probs, y) < log_loss(plain.probs, y)
+    s = stacking.passthrough_stacker(feats.names, "baseline/good")
+    back = stacking.Stacker.from_dict(s.to_dict())
+    assert back.passthrough == "baseline/good" and back.c is None
+    np.testing.assert_allclose(back.predict_proba(feats.x), good, atol=1e-12)

@@ -477,6 +477,7 @@ class StackSettings:
     length: bool = True
     cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     inner_splits: int = 5
+    passthrough: bool = True
     holdout_dir: str | None = None
     test_dir: str | None = None
 

@@ -170,7 +170,8 @@ class Stacker:
     scale: np.ndarray
     coef: np.ndarray  # (3, F)
     intercept: np.ndarray  # (3,)
-    c: float
+    c: float | None  # None: a passthrough (one input's own probabilities)
+    passthrough: str | None = None  # that input's block name
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         z = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
@@ -190,7 +191,8 @@ class Stacker:
         return {
             "features": list(self.features),
             "classes": list(CLASSES),
-            "c": float(self.c),
+            "c": None if self.c is None else float(self.c),
+            "passthrough": self.passthrough,
             "mean": self.mean.tolist(),
             "scale": self.scale.tolist(),
             "coef": self.coef.tolist(),
@@ -205,7 +207,8 @@ class Stacker:
             scale=np.asarray(d["scale"], dtype=np.float64),
             coef=np.asarray(d["coef"], dtype=np.float64),
             intercept=np.asarray(d["intercept"], dtype=np.float64),
-            c=float(d["c"]),
+            c=None if d["c"] is None else float(d["c"]),
+            passthrough=d.get("passthrough"),
         )
 
 
@@ -264,13 +267,58 @@ def choose_c(
     return float(best), scores
 
 
+def blocks_of(names: Sequence[str]) -> list[str]:
+    """The inputs with probabilities of their own (``student``, ``baseline/<name>``)."""
+    heads = dict.fromkeys(n.split(":")[0] for n in names if ":" in n)
+    return [b for b in heads if b != LENGTH and all(f"{b}:{c}" in names for c in CLASSES)]
+
+
+def passthrough_stacker(names: Sequence[str], block: str) -> Stacker:
+    """The stacker that returns input ``block``'s own probabilities (softmax of its log-probs)."""
+    f = len(names)
+    coef = np.zeros((3, f))
+    for k, c in enumerate(CLASSES):
+        coef[k, list(names).index(f"{block}:{c}")] = 1.0
+    return Stacker(list(names), np.zeros(f), np.ones(f), coef, np.zeros(3), None, block)
+
+
+def select_and_fit(
+    feats: Features,
+    labels: np.ndarray,
+    idx: np.ndarray,
+    cs: Sequence[float],
+    *,
+    n_splits: int,
+    seed: int,
+    passthrough: bool,
+) -> tuple[Stacker, str, dict[str, float]]:
+    """The stacker for rows ``idx``: the regression at the C of :func:`choose_c`, fitted on
+    them, or with ``passthrough`` one input's own probabilities when its log loss on those rows
+    (out of fold already) beats the regression's cross-validated one. (stacker, what was
+    chosen, every candidate's score)."""
+    c, scores = choose_c(feats, labels, idx, cs, n_splits=n_splits, seed=seed)
+    scores = {f"C={k}": v for k, v in scores.items()}
+    if passthrough:
+        y = np.asarray(labels, dtype=np.int64)[idx]
+        if len(cs) == 1:  # no CV was needed to choose C: score it now
+            _, one = choose_c(feats, labels, idx, [c, c], n_splits=n_splits, seed=seed)
+            scores[f"C={c!r}"] = one[repr(float(c))]
+        for block in blocks_of(feats.names):
+            stacker = passthrough_stacker(feats.names, block)
+            scores[block] = log_loss(stacker.predict_proba(feats.x[idx]), y)
+        best = min(scores, key=scores.get)
+        if not best.startswith("C="):
+            return passthrough_stacker(feats.names, best), best, scores
+    return fit_stacker(feats, labels, idx, c=c, seed=seed), f"C={c!r}", scores
+
+
 @dataclass
 class CrossFit:
     """Cross-fitted level-2 predictions of every OOF row."""
 
     probs: np.ndarray
     tta_probs: np.ndarray | None
-    c_per_fold: list[float]
+    choices: list[str]  # per fold: "C=<c>" or the input passed through
     fold_log_loss: list[float]
 
 
@@ -282,19 +330,21 @@ def cross_fit(
     *,
     n_splits: int,
     seed: int,
+    passthrough: bool = False,
 ) -> CrossFit:
-    """Fold k's rows scored by a stacker fitted on the other folds' rows only (its C chosen by
-    an ``n_splits``-fold cross-validation over those rows only)."""
+    """Fold k's rows scored by a stacker fitted (and chosen: :func:`select_and_fit`) on the
+    other folds' rows only."""
     folds = np.asarray(folds, dtype=np.int64)
     y = np.asarray(labels, dtype=np.int64)
     probs = np.zeros((len(y), 3))
     tta = np.zeros((len(y), 3)) if feats.x_swap is not None else None
-    cs_used, scores = [], []
+    choices, scores = [], []
     for k in sorted(set(folds.tolist())):
         valid = np.flatnonzero(folds == k)
         train = np.flatnonzero(folds != k)
-        c, _ = choose_c(feats, y, train, cs, n_splits=n_splits, seed=seed)
-        stacker = fit_stacker(feats, y, train, c=c, seed=seed)
+        stacker, choice, _ = select_and_fit(
+            feats, y, train, cs, n_splits=n_splits, seed=seed, passthrough=passthrough
+        )
         sub = Features(
             feats.names, feats.x[valid], None if feats.x_swap is None else feats.x_swap[valid]
         )
@@ -302,9 +352,9 @@ def cross_fit(
         probs[valid] = p
         if tta is not None:
             tta[valid] = pt
-        cs_used.append(c)
+        choices.append(choice)
         scores.append(log_loss(p, y[valid]))
-    return CrossFit(probs, tta, cs_used, scores)
+    return CrossFit(probs, tta, choices, scores)
 
 
 # --------------------------------------------------------------------------- baselines as arrays

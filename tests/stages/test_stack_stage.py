@@ -87,8 +87,17 @@ def test_the_stage_cross_fits_out_of_fold_and_applies_the_final_model(stacked, t
     assert m["oof"]["log_loss_tta"] == pytest.approx(
         log_loss(oof[["tta_p_a", "tta_p_b", "tta_p_tie"]], y)
     )
-    assert len(m["fold_log_loss"]) == 3 and len(m["c_per_fold"]) == 3
-    assert m["c"] in (0.01, 1.0) and set(m["c_scores"]) == {"0.01", "1.0"}
+    assert len(m["fold_log_loss"]) == 3 and len(m["choice_per_fold"]) == 3
+    # the regression at either C, or one input passed through: whichever scored best
+    assert set(m["scores"]) == {
+        "C=0.01",
+        "C=1.0",
+        "student",
+        "baseline/length_lr",
+        "baseline/tfidf_lr",
+    }
+    assert m["choice"] == min(m["scores"], key=m["scores"].get)
+    assert (m["c"] is None) == (not m["choice"].startswith("C="))
     # the refitted baselines are the baselines stage's holdout models
     assert max(m["baseline_refit_max_abs_diff"].values()) < 1e-9
     info = json.loads((out / STACKER_DIR / "stacker.json").read_text())

@@ -22,8 +22,9 @@ Writes ``stages.stack.out_dir`` (default ``${run_dir}/stack/``) atomically:
 * ``test_predictions.parquet`` and ``submission.csv`` (``tta_p_*`` when the final model has
   swapped-input logits) when the data has a test set;
 * ``stacker/``: ``stacker.json`` (feature names, standardisation, coefficients, intercepts,
-  the C chosen by cross-validation and every candidate's score, the OOF -> final-model column
-  mapping) and ``baseline_<name>.npz`` (the refitted baselines as arrays): what
+  the C chosen by cross-validation — or, with ``stages.stack.passthrough``, the input passed
+  through unchanged when its own log loss beat the regression's — and every candidate's score,
+  the OOF -> final-model column mapping) and ``baseline_<name>.npz`` (the refitted baselines as arrays): what
   ``scripts/package_kaggle.py`` ships beside the model and ``kaggle.predict_csv`` applies;
 * ``metrics.json`` and ``manifest.json``.
 """
@@ -67,12 +68,11 @@ from arena_distill.stacking import (
     STACKER_DIR,
     CrossFit,
     build_features,
-    choose_c,
     cross_fit,
     export_baseline,
-    fit_stacker,
     predict_exported,
     save_stacker_dir,
+    select_and_fit,
 )
 from arena_distill.submission import write_submission
 
@@ -177,17 +177,17 @@ def run(cfg: DictConfig) -> Path:
 
     # --- cross-fitted OOF, then the stacker on every OOF row
     cs = [float(c) for c in settings.cs]
-    n_splits = settings.inner_splits
-    crossed: CrossFit = cross_fit(feats, labels, folds, cs, n_splits=n_splits, seed=seed)
-    every = np.arange(len(labels))
-    c_best, c_scores = choose_c(feats, labels, every, cs, n_splits=n_splits, seed=seed)
-    stacker = fit_stacker(feats, labels, every, c=c_best, seed=seed)
+    pick = dict(n_splits=settings.inner_splits, seed=seed, passthrough=settings.passthrough)
+    crossed: CrossFit = cross_fit(feats, labels, folds, cs, **pick)
+    stacker, choice, scores = select_and_fit(feats, labels, np.arange(len(labels)), cs, **pick)
+    c_best = stacker.c
     timer.lap("fit")
     metrics = {
         "features": feats.names,
         "c": c_best,
-        "c_scores": c_scores,
-        "c_per_fold": crossed.c_per_fold,
+        "choice": choice,
+        "scores": scores,
+        "choice_per_fold": crossed.choices,
         "oof": _scores(labels, crossed.probs, crossed.tta_probs),
         "fold_log_loss": crossed.fold_log_loss,
         "swap_augmented": feats.x_swap is not None,
@@ -270,7 +270,8 @@ def run(cfg: DictConfig) -> Path:
             length=settings.length,
             student=settings.student_dir is not None,
             extra={
-                "c_scores": c_scores,
+                "choice": choice,
+                "scores": scores,
                 "oof_log_loss": metrics["oof"]["log_loss"],
                 "oof_log_loss_tta": metrics["oof"].get("log_loss_tta"),
             },
@@ -292,12 +293,12 @@ def run(cfg: DictConfig) -> Path:
             timer=timer,
         )
     log.info(
-        "%s: OOF (cross-fitted) log loss %.4f%s%s; C=%g; features %s",
+        "%s: OOF (cross-fitted) log loss %.4f%s%s; %s; features %s",
         STACKED,
         metrics["oof"]["log_loss"],
         f" (+tta {metrics['oof']['log_loss_tta']:.4f})" if "log_loss_tta" in metrics["oof"] else "",
         f", holdout {metrics['holdout']['log_loss']:.4f}" if "holdout" in metrics else "",
-        c_best,
+        choice,
         feats.names,
     )
     return out_dir
