@@ -21,6 +21,14 @@ from arena_distill.stages import baselines, predict, report, stack
 from arena_distill.submission import read_submission
 from tests.stages.conftest import small_cfg
 
+OVERRIDES: dict[int, list[str]] = {}  # the fixture's small_cfg arguments, by config
+
+
+def _overrides(cfg) -> list:
+    root, *rest = OVERRIDES[id(cfg)]
+    return [Path(root), *rest]
+
+
 PREDICT = [
     "stages.predict.max_length=null",
     "stages.predict.progress=false",
@@ -50,8 +58,7 @@ def stacked(trained_run):
                 f"stages.predict.out_dir={root}/{split}",
             )
         )
-    cfg = small_cfg(
-        trained_run.root,
+    overrides = [
         *common,
         f"stages.baselines.out_dir={root}/baselines",
         "stages.baselines.max_features=500",
@@ -65,7 +72,9 @@ def stacked(trained_run):
         f"stages.report.baselines_dir={root}/baselines",
         f"stages.report.holdout_dir={root}/no-holdout",
         "stages.report.plots=false",
-    )
+    ]
+    cfg = small_cfg(trained_run.root, *overrides)
+    OVERRIDES[id(cfg)] = [str(trained_run.root), *overrides]
     baselines.run(cfg)
     return root, cfg, stack.run(cfg), model_dir, adapter
 
@@ -188,3 +197,25 @@ def test_predict_csv_with_the_shipped_stacker_writes_the_stages_submission(
     assert not np.allclose(
         read_submission(plain).set_index("id").loc[theirs.index].to_numpy(), theirs.to_numpy()
     )
+
+
+def test_a_row_without_finite_logits_keeps_the_models_fallback(stacked, tmp_path):
+    root, cfg, out, _, _ = stacked
+    broken = tmp_path / "holdout"
+    shutil.copytree(root / "holdout", broken)
+    preds = pd.read_parquet(broken / "predictions.parquet")
+    preds.loc[0, "logit_a"] = np.nan
+    preds.to_parquet(broken / "predictions.parquet", index=False)
+    again = stack.run(
+        small_cfg(
+            *_overrides(cfg),
+            f"stages.stack.out_dir={tmp_path}/stack",
+            f"stages.stack.holdout_dir={broken}",
+        )
+    )
+    hold = pd.read_parquet(again / "holdout.parquet").set_index("id")
+    first = preds.iloc[0]
+    want = first[["final_p_a", "final_p_b", "final_p_tie"]].to_numpy(dtype=float)
+    np.testing.assert_allclose(hold.loc[first["id"], ["p_a", "p_b", "p_tie"]], want)
+    np.testing.assert_allclose(hold.loc[first["id"], ["tta_p_a", "tta_p_b", "tta_p_tie"]], want)
+    assert np.isfinite(hold.to_numpy(dtype=float)).all()

@@ -54,6 +54,7 @@ from arena_distill.io import (
 )
 from arena_distill.layout import (
     CV,
+    FINAL_COLS,
     HOLDOUT,
     LOGIT_COLS,
     PROB_COLS,
@@ -228,7 +229,24 @@ def run(cfg: DictConfig) -> Path:
             rows, student_logits=lg, student_swap_logits=sw, baseline_probs=probs,
             length=settings.length,
         )  # fmt: skip
-        return ids, probs, stacker.predict(f)
+        p, tta = stacker.predict(f)
+        # a row the model gave no finite logits keeps what the predict stage wrote for it
+        # (its fallback: the other orientation, else the prior), as kaggle.predict_csv does
+        bad = ~np.isfinite(p).all(axis=1) | (
+            np.zeros(len(p), bool) if tta is None else ~np.isfinite(tta).all(axis=1)
+        )
+        if bad.any():
+            cols = [c for c in FINAL_COLS if c in preds.columns] if preds is not None else []
+            if len(cols) != 3:
+                raise StageInputError(f"{what}: {int(bad.sum())} rows without finite features")
+            keep = preds.loc[bad, cols].to_numpy(dtype=np.float64)
+            p[bad] = keep
+            if tta is not None:
+                tta[bad] = keep
+            log.warning(
+                "%s: %d rows without finite logits keep the model's fallback", what, bad.sum()
+            )
+        return ids, probs, (p, tta)
 
     out_dir = Path(settings.out_dir)
     with atomic_dir(out_dir) as tmp:
