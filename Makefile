@@ -45,6 +45,7 @@ help:
 	@echo "  pretrain train-teacher dump-logits distill (MODEL=name, FOLD=k, LAUNCH=\"accelerate launch ...\")"
 	@echo "  merge quantize predict predict-holdout baselines report kaggle-package"
 	@echo "make plan       projected prediction time on a device (stages.plan.*: lengths, rows, device)"
+	@echo "make stack      level-2 LR over the student, baselines and length features (stages.stack.*)"
 
 setup: $(STAMP)
 
@@ -136,6 +137,12 @@ baselines: setup
 
 report: setup
 	$(STAGE) report $(ARGS)
+
+# the stacker (runs/<run>/stack): a level-2 LR over the fold students' OOF logits, the
+# baselines and the length features, cross-fitted over the folds, applied to the final model
+.PHONY: stack
+stack: setup
+	$(STAGE) stack $(ARGS) model=$(STUDENT)
 
 # projected prediction time of the predict settings on a device (no GPU needed), e.g.
 #   make plan ARGS="experiment=first_place stages.plan.lengths=../shared/gpu/lengths.json stages.plan.rows=25000"

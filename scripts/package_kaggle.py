@@ -10,6 +10,8 @@ Layout of ``--out`` (replaced as a whole, atomically)::
     dataset-metadata.json    what `kaggle datasets create` reads: title, id (<user>/<slug>), licence
     model/                   the model folder (config.json, weights, tokenizer) and
                              arena_distill_prompt.json (prompt, model config, predict settings)
+                             and, when the run has one, stacker/ (the stack stage's level-2
+                             model: stacker.json + baseline_<name>.npz; --no-stacker: none)
     wheels/                  arena_distill-<version>-py3-none-any.whl (+ the pinned dependencies)
 
 The model: ``--model-dir``, or from ``--run-dir`` its ``quantized/`` (the quantize stage's
@@ -79,6 +81,7 @@ from arena_distill.config import REPO_ROOT, compose
 from arena_distill.io import atomic_dir
 from arena_distill.kaggle import PROMPT_FILE, write_prompt_file
 from arena_distill.quantize_methods import FolderMethodError, folder_method
+from arena_distill.stacking import STACKER_DIR, STACKER_FILE
 
 log = logging.getLogger("package_kaggle")
 
@@ -342,8 +345,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--without", action="append", default=[], metavar="NAME")
     p.add_argument("--find-links", action="append", default=[], metavar="DIR_OR_URL")
     p.add_argument("--python-version", default="3.11", help="Kaggle's Python (default 3.11)")
+    p.add_argument(
+        "--stacker-dir",
+        type=Path,
+        help="the stack stage's stacker/ folder (default: <run-dir>/stack/stacker when present); "
+        "shipped as model/stacker/, which kaggle.predict_csv applies",
+    )
+    p.add_argument("--no-stacker", action="store_true", help="ship the model without the stacker")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the run's config")
     return p.parse_args(argv)
+
+
+def choose_stacker_dir(args: argparse.Namespace) -> Path | None:
+    """The stacker folder to ship: ``--stacker-dir``, else the run's ``stack/stacker/``."""
+    if args.no_stacker:
+        return None
+    if args.stacker_dir is not None:
+        if not (args.stacker_dir / STACKER_FILE).is_file():
+            raise SystemExit(f"{args.stacker_dir} has no {STACKER_FILE}")
+        return args.stacker_dir
+    if args.run_dir is not None:
+        folder = args.run_dir / "stack" / STACKER_DIR
+        if (folder / STACKER_FILE).is_file():
+            return folder
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -362,6 +387,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     with atomic_dir(args.out) as tmp:
         copy_model(model_dir, tmp / "model", tokenizer_dir)
+        stacker_dir = choose_stacker_dir(args)
+        if stacker_dir is not None:
+            shutil.copytree(stacker_dir, tmp / "model" / STACKER_DIR)
+            log.info("stacker shipped: %s -> model/%s", stacker_dir, STACKER_DIR)
         write_prompt_file(
             tmp / "model",
             prompt=prompt,

@@ -43,6 +43,7 @@ def test_the_demo_plan_is_the_whole_recipe_in_order():
         "holdout fold_1",
         "holdout fold_2",
         "baselines",
+        "stack",
         "report",
     ]
 
@@ -64,6 +65,7 @@ def test_the_plan_follows_the_config():
         "holdout fold_1",
         "holdout fold_2",
         "baselines",
+        "stack",
         "report",
     ]
     more = labels(
@@ -100,6 +102,14 @@ def test_steps_name_the_outputs_they_read():
         "stages.predict.out_dir=${run_dir}/holdout/fold_1",
     )
     assert set(steps["report"].needs) == set(steps) - {"report"}
+    # the stacker reads the fold students, the baselines and the final model's predictions
+    assert steps["stack"].needs == (
+        "data",
+        "distill",
+        "baselines",
+        "holdout quantized",
+        "predict",
+    )
 
 
 def test_only_refuses_an_unknown_step():
@@ -140,6 +150,10 @@ def test_the_chain_runs_every_stage_and_writes_the_report(chain):
     metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
     assert {"teacher/tiny_llama", "student/tiny_qwen2"} <= set(metrics["oof_log_loss"])
     assert {"merged", "quantized", "folds_mean"} <= set(metrics["holdout_log_loss"])
+    # the stack step: cross-fitted OOF and the final model stacked on the holdout
+    assert {"stacked", "stacked+tta"} <= set(metrics["oof_log_loss"])
+    assert {"stacked", "stacked+tta"} <= set(metrics["holdout_log_loss"])
+    assert (run_dir / "stack" / "stacker" / "stacker.json").is_file()
     assert (run_dir / "predictions" / "submission.csv").is_file()
     # Hydra's log layout, which scripts/package_kaggle.py reads
     assert list((run_dir / "logs" / "quantize").glob("*/.hydra/config.yaml"))
@@ -158,13 +172,22 @@ def test_a_rerun_skips_everything_fresh_and_a_change_reruns_what_reads_it(chain)
     assert ran == ["report"]
     # a baseline setting: the baselines, and the report that reads them
     changed = run_pipeline([*overrides, "stages.report.n_len_buckets=3", "stages.baselines.c=0.5"])
-    assert [r["label"] for r in changed if r["status"] == "ran"] == ["baselines", "report"]
+    ran = [r["label"] for r in changed if r["status"] == "ran"]
+    assert ran == ["baselines", "stack", "report"]
     # an output touched behind the pipeline's back is not trusted
     manifest = root / "runs" / "demo" / "merged" / "manifest.json"
     manifest.write_text(manifest.read_text() + " ")
     changed = run_pipeline([*overrides, "stages.report.n_len_buckets=3", "stages.baselines.c=0.5"])
     ran = [r["label"] for r in changed if r["status"] == "ran"]
-    assert ran == ["merge", "quantize", "predict", "holdout merged", "holdout quantized", "report"]
+    assert ran == [
+        "merge",
+        "quantize",
+        "predict",
+        "holdout merged",
+        "holdout quantized",
+        "stack",
+        "report",
+    ]
 
 
 def test_a_stage_command_and_the_pipeline_step_write_the_same_files(chain):

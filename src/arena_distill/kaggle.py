@@ -153,6 +153,7 @@ def predict_csv(
     work_dir: str | Path | None = None,
     started_at: float | None = None,
     fail_safe: bool = True,
+    stack: bool = True,
 ) -> Path:
     """Predict every row of a competition-layout ``test_csv``; write and return ``out_csv``.
 
@@ -185,6 +186,13 @@ def predict_csv(
 
     The submission holds every id once (exactly the sample submission's ids when given), with
     finite probabilities summing to 1; it is validated before it is written and again after.
+
+    With ``stack`` (default) and a ``stacker/`` folder in ``model_dir`` (the stack stage's,
+    shipped by ``scripts/package_kaggle.py``), every row with finite logits gets the stacker's
+    probabilities instead of the model's (``stacked+tta`` when the model predicted both
+    orientations, else ``stacked``): the model's logits, the shipped baselines and the length
+    features of the row, plain numpy (``stacking.load_stacker_dir``), what the stage wrote to
+    ``stack/submission.csv`` for the run's test rows. ``submission.json`` counts them.
     """
     t_start = time.perf_counter() if started_at is None else float(started_at)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -214,6 +222,7 @@ def predict_csv(
             model_cfg=model_cfg,
             settings=settings,
             t_start=t_start,
+            stack=stack,
         )
     except Exception as exc:
         if not fail_safe:
@@ -245,6 +254,7 @@ def _predict_csv(
     model_cfg,
     settings,
     t_start: float,
+    stack: bool = True,
 ) -> Path:
     from arena_distill.predict import PredictRequest, predict_rows
 
@@ -298,6 +308,14 @@ def _predict_csv(
             predict_rows(request, predict)
         sub = read_submission(out_dir / "submission.csv")
         predicted = dict(zip(sub["id"].astype(str), sub.iloc[:, 1:].to_numpy(), strict=True))
+    n_stacked = 0
+    if stack and predicted and stacker_path(model_dir) is not None:
+        stacked = stacked_predictions(
+            stacker_path(model_dir), rows, out_dir / "predictions.parquet"
+        )
+        predicted.update(stacked)
+        n_stacked = len(stacked)
+        log.info("stacker %s applied to %d rows", stacker_path(model_dir), n_stacked)
     # an id without a prediction gets the prior: its row could not be parsed, or it is not
     # in the test file (a duplicate row's id keeps the prediction of its first row)
     reasons = {i: malformed.get(i, "not in the test file") for i in ids if i not in predicted}
@@ -321,10 +339,49 @@ def _predict_csv(
             "prior_reasons": dict(Counter(reasons.values())),
             "prior_probs": prior.tolist(),
             "fallback": False,
+            "stacked": n_stacked,
         },
     )
     log.info("submission written: %s (%d rows, %d at the prior)", out_csv, len(ids), len(reasons))
     return out_csv
+
+
+def stacker_path(model_dir: str | Path) -> Path | None:
+    """The model folder's ``stacker/`` (the stack stage's level-2 model), if it has one."""
+    from arena_distill.stacking import STACKER_DIR, STACKER_FILE
+
+    folder = Path(model_dir) / STACKER_DIR
+    return folder if (folder / STACKER_FILE).is_file() else None
+
+
+def stacked_predictions(
+    stacker_dir: str | Path, rows: pd.DataFrame, predictions: str | Path
+) -> dict[str, np.ndarray]:
+    """id -> the stacker's probabilities (swap-TTA when the predictions have both
+    orientations) for every row of ``rows`` whose logits in ``predictions`` (the predict
+    engine's table) are finite; a duplicate id keeps its first row."""
+    from arena_distill.layout import LOGIT_COLS, SWAP_LOGIT_COLS
+    from arena_distill.stacking import load_stacker_dir
+
+    shipped = load_stacker_dir(stacker_dir)
+    preds = pd.read_parquet(predictions)
+    preds["id"] = preds["id"].astype(str)
+    preds = preds.drop_duplicates("id").set_index("id")
+    rows = rows.assign(id=rows["id"].astype(str)).drop_duplicates("id")
+    rows = rows[rows["id"].isin(preds.index)].reset_index(drop=True)
+    cols = list(LOGIT_COLS)
+    has_swap = set(SWAP_LOGIT_COLS) <= set(preds.columns)
+    if has_swap:
+        cols += list(SWAP_LOGIT_COLS)
+    values = preds.loc[rows["id"], cols].to_numpy(dtype=np.float64)
+    finite = np.isfinite(values).all(axis=1)
+    rows, values = rows[finite].reset_index(drop=True), values[finite]
+    if rows.empty:
+        return {}
+    logits, swap = values[:, :3], (values[:, 3:] if has_swap else None)
+    p, tta = shipped.predict(rows, logits, swap)
+    final = tta if tta is not None else p
+    return dict(zip(rows["id"], final, strict=True))
 
 
 def _test_ids(rows: pd.DataFrame, malformed: Mapping[str, str]) -> list[str]:

@@ -90,6 +90,7 @@ READS: dict[str, tuple[str, ...]] = {
         "pipeline.teachers",
         "stages.teacher",
     ),
+    "stack": ("seed", "stages.baselines", "stages.predict"),
 }
 # Keys of a READS block a stage does not read: ``data.unlabelled`` is the pseudo_label stage's
 # alone, so adding a pool reruns it and the student, not the data stage and every teacher.
@@ -110,6 +111,7 @@ TYPICAL_SECONDS: dict[str, float] = {
     "baselines": 10,
     "report": 10,
     "pseudo_label": 20,
+    "stack": 10,
 }
 
 
@@ -226,6 +228,12 @@ def plan(cfg: DictConfig, model_paths: dict[str, str]) -> list[Step]:
                 group="holdout",
             )
     add("baselines", "baselines", needs=["data"])
+    add(
+        "stack",
+        "stack",
+        f"model={student}",
+        needs=["data", "distill", "baselines", "holdout quantized", "predict"],
+    )
     add("report", "report", needs=[s.label for s in steps])
     return steps
 

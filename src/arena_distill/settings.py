@@ -514,6 +514,29 @@ class ReportSettings:
     plots: bool = True
     compare_with: str | None = None
     pseudo_dir: str | None = None  # the pseudo_label stage's output: its counts, if present
+    stack_dir: str | None = None
+
+
+@dataclass(kw_only=True)
+class StackSettings:
+    out_dir: str
+    student_dir: str | None = None  # the fold students' OOF (null: no student feature)
+    baselines_dir: str
+    baselines: list[str] = field(default_factory=lambda: ["length_lr", "tfidf_lr"])
+    length: bool = True
+    cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    inner_splits: int = 5
+    passthrough: bool = True
+    holdout_dir: str | None = None
+    test_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.cs or any(c <= 0 for c in self.cs):
+            raise ConfigError(f"stages.stack.cs: positive inverse L2 strengths, got {self.cs}")
+        if self.inner_splits < 2:
+            raise ConfigError(f"stages.stack.inner_splits: at least 2, got {self.inner_splits}")
+        if "prior" in self.baselines:
+            raise ConfigError("stages.stack.baselines: prior is a constant (the intercept)")
 
 
 # name of the stage -> its block's dataclass (stages.<name>)
@@ -533,6 +556,7 @@ STAGE_SETTINGS: dict[str, type] = {
     "report": ReportSettings,
     "plan": PlanSettings,
     "pseudo_label": PseudoLabelSettings,
+    "stack": StackSettings,
 }
 
 ROOT_SCALARS = {

@@ -9,7 +9,8 @@ Two kinds of score, never mixed:
 
 A "stage" is one column of predictions: ``teacher/<model>``, ``teacher/<model>+tta`` (the
 swap-TTA probabilities), ``student/<model>[+tta]``, ``baseline/<name>``, ``merged[+tta]``,
-``quantized[+tta]``, ``folds_mean[+tta]``; with temperature scaling also ``<stage>+ts``.
+``quantized[+tta]``, ``folds_mean[+tta]``, ``stacked[+tta]`` (the stack stage: cross-fitted
+OOF, and the final model stacked on the holdout); with temperature scaling also ``<stage>+ts``.
 
 ``load_run`` reads a run into ``RunPredictions`` (one ``StagePredictions`` per stage) and
 refuses prediction files whose ids, folds or labels do not match the data stage's, or that
@@ -35,6 +36,7 @@ CLASSES = ("A", "B", "tie")
 OOF, HOLDOUT = "oof", "holdout"
 TTA_SUFFIX, TS_SUFFIX = "+tta", "+ts"
 FOLDS_MEAN = "folds_mean"
+STACKED = "stacked"  # the stack stage: cross-fitted OOF, the final model stacked on the holdout
 
 
 class ReportError(StageInputError):
@@ -211,6 +213,7 @@ def load_run(
     students_dir: str | Path | None = None,
     holdout_dir: str | Path | None = None,
     baselines_dir: str | Path | None = None,
+    stack_dir: str | Path | None = None,
 ) -> RunPredictions:
     """Read a run's data and every prediction file the report knows (folders default to the
     run-folder layout); checks every file's ids, folds and labels against the data stage."""
@@ -261,6 +264,14 @@ def load_run(
                 df = pd.read_parquet(path)
                 name = f"baseline/{model_dir.name}"
                 add(stages_from_table(name, df, section, labels, source=str(path)), path)
+    sdir = Path(stack_dir or run_dir / "stack")
+    if (sdir / "manifest.json").is_file():
+        _fresh(sdir, data_files, "stack")
+        for fname, section in (("oof.parquet", OOF), ("holdout.parquet", HOLDOUT)):
+            path = sdir / fname
+            if path.is_file():
+                df = pd.read_parquet(path)
+                add(stages_from_table(STACKED, df, section, labels, source=str(path)), path)
     fold_members: dict[int, list[StagePredictions]] = {}
     hdir = Path(holdout_dir or run_dir / "holdout")
     for path in sorted(hdir.glob("*/predictions.parquet"), key=lambda p: p.parent.name):

@@ -19,6 +19,7 @@ STAGES: dict[str, str] = {
     "quantize": "arena_distill.stages.quantize",
     "predict": "arena_distill.stages.predict",
     "baselines": "arena_distill.stages.baselines",
+    "stack": "arena_distill.stages.stack",
     "report": "arena_distill.stages.report",
     # not a pipeline step: the projected prediction time (arena-distill plan / make plan)
     "plan": "arena_distill.stages.plan",

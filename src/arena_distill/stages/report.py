@@ -7,6 +7,7 @@ Reads ``${run_dir}/data/`` (``train.parquet`` for labels and buckets, ``folds.cs
   out-of-fold on the cv rows (stages ``teacher/<model>``, ``teacher/<model>+tta``, ...);
 * ``baselines/<name>/oof.parquet`` (OOF) and ``baselines/<name>/holdout.parquet`` (holdout):
   stage ``baseline/<name>``;
+* ``stack/{oof,holdout}.parquet`` (the stack stage): stage ``stacked`` / ``stacked+tta``;
 * ``holdout/<name>/predictions.parquet`` (the predict stage with ``split=holdout``): stages
   ``<name>`` and ``<name>+tta``; folders ``fold_<k>`` are averaged into ``folds_mean``.
 
@@ -84,6 +85,7 @@ def run(cfg: DictConfig) -> Path:
         students_dir=settings.students_dir,
         holdout_dir=settings.holdout_dir,
         baselines_dir=settings.baselines_dir,
+        stack_dir=settings.stack_dir,
     )
     timer.lap("load")
     log.info("scoring %d prediction columns", len(run_preds.stages))
