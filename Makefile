@@ -81,14 +81,17 @@ tokenize: setup
 
 # post-pretraining for every model of the recipe (teachers and student), or MODEL=name
 pretrain: setup
-	for m in $(PRETRAIN_MODELS); do $(TRAIN_STAGE) pretrain $(ARGS) model=$$m || exit 1; done
+	for m in $(filter-out baseline/%,$(PRETRAIN_MODELS)); do $(TRAIN_STAGE) pretrain $(ARGS) model=$$m || exit 1; done
 
-# every configured teacher over all folds (MODEL=name / FOLD=k to narrow)
+# every configured teacher over all folds (MODEL=name / FOLD=k to narrow); a classical teacher
+# (baseline/<name>) has nothing to train: dump-logits fits it per fold
 train-teacher: setup
-	for m in $(TEACHERS); do $(TRAIN_STAGE) teacher $(ARGS) model=$$m $(FOLD_ARG) || exit 1; done
+	for m in $(filter-out baseline/%,$(TEACHERS)); do $(TRAIN_STAGE) teacher $(ARGS) model=$$m $(FOLD_ARG) || exit 1; done
 
 dump-logits: setup
-	for m in $(TEACHERS); do $(TRAIN_STAGE) dump_logits $(ARGS) model=$$m || exit 1; done
+	for m in $(filter-out baseline/%,$(TEACHERS)); do $(TRAIN_STAGE) dump_logits $(ARGS) model=$$m || exit 1; done
+	for m in $(patsubst baseline/%,%,$(filter baseline/%,$(TEACHERS))); do $(STAGE) dump_logits $(ARGS) \
+		stages.dump_logits.baseline=$$m 'stages.dump_logits.out_dir=$${stages.distill.logits_dir}/baseline/'$$m || exit 1; done
 
 # the student (pipeline.student) over all folds, distilled from every teacher's logits
 distill: setup

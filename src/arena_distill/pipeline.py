@@ -10,7 +10,8 @@ files, ``tiny_models`` when a model of the recipe lives in its output folder, ``
 the teachers (the student) when ``stages.teacher.init_from_pretrain``
 (``stages.distill.init_from_pretrain``), the CE-only student when ``pipeline.ablate``,
 ``predict`` when the data has a test set, the holdout predictions (merged, quantized, every
-fold's student) when ``data.holdout_frac > 0``.
+fold's student) when ``data.holdout_frac > 0``. A teacher named ``baseline/<name>`` (a
+classical teacher) has no model and no training: only its logit dump, fitted per fold.
 
 A step whose output is complete and fresh is skipped: ``<run_dir>/pipeline.json`` records for
 every step a key (the sha256 of the config blocks the stage reads and of the manifests of the
@@ -44,6 +45,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from arena_distill import settings as config
+from arena_distill.baselines import BASELINES, baseline_of, dump_overrides
 from arena_distill.io import (
     MANIFEST,
     OutputBusyError,
@@ -109,6 +111,7 @@ class Step:
     overrides: tuple[str, ...] = ()  # on top of the pipeline's own
     needs: tuple[str, ...] = ()  # labels of the steps whose outputs it reads
     group: str = ""  # what --only selects (default: the stage name)
+    reads: tuple[str, ...] | None = None  # the blocks its key hashes (None: READS[stage])
 
     @property
     def selector(self) -> str:
@@ -133,11 +136,20 @@ def plan(cfg: DictConfig, model_paths: dict[str, str]) -> list[Step]:
     student, teachers = pipe.student, list(pipe.teachers)
     steps: list[Step] = []
 
-    def add(label: str, stage: str, *overrides: str, needs=(), group: str = "") -> None:
+    def add(label: str, stage: str, *overrides: str, needs=(), group: str = "", reads=None) -> None:
         have = {s.label for s in steps}
-        steps.append(
-            Step(label, stage, tuple(overrides), tuple(n for n in needs if n in have), group)
+        needs = tuple(n for n in needs if n in have)
+        steps.append(Step(label, stage, tuple(overrides), needs, group, reads))
+
+    # a teacher named baseline/<name> is a classical baseline: no model, no training, its
+    # per-fold logits dumped by dump_logits (stages.dump_logits.baseline)
+    classical = [t for t in teachers if baseline_of(t) is not None]
+    unknown = sorted(t for t in classical if baseline_of(t) not in BASELINES)
+    if unknown:
+        raise config.ConfigError(
+            f"pipeline.teachers: {unknown} are not baselines (baseline/<name>, name in {BASELINES})"
         )
+    teachers = [t for t in teachers if t not in classical]
 
     train_paths = config.data(cfg).train.path
     train_paths = [train_paths] if isinstance(train_paths, str) else list(train_paths)
@@ -159,7 +171,15 @@ def plan(cfg: DictConfig, model_paths: dict[str, str]) -> list[Step]:
         add(f"teacher {m}", "teacher", f"model={m}", needs=[*base, f"pretrain {m}"])
     for m in teachers:
         add(f"dump_logits {m}", "dump_logits", f"model={m}", needs=["data", f"teacher {m}"])
-    dumps = [f"dump_logits {m}" for m in teachers]
+    for t in classical:
+        add(
+            f"dump_logits {t}",
+            "dump_logits",
+            *dump_overrides(t),
+            needs=["data"],
+            reads=("seed", "stages.baselines", "stages.distill.logits_dir"),
+        )
+    dumps = [f"dump_logits {m}" for m in [*teachers, *classical]]
     add("distill", "distill", f"model={student}", needs=[*base, f"pretrain {student}", *dumps])
     if pipe.ablate:
         add(
@@ -208,9 +228,10 @@ def model_paths_of(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, str]:
     from arena_distill.config import compose
 
     pipe = config.pipeline(cfg)
+    models = [m for m in [*pipe.teachers, pipe.student] if baseline_of(m) is None]
     return {
         m: str(compose([*overrides, f"model={m}"]).model.name_or_path)
-        for m in dict.fromkeys([*pipe.teachers, pipe.student])
+        for m in dict.fromkeys(models)
     }
 
 
@@ -236,7 +257,8 @@ def manifest_sha(folder: Path) -> str | None:
 def step_key(step: Step, step_cfg: DictConfig, state: dict) -> str:
     """sha256 of what the step reads: its stage block, the blocks of ``READS``, the overrides
     and the manifests its upstream steps left."""
-    blocks = {b: _select(step_cfg, b) for b in (f"stages.{step.stage}", *READS[step.stage])}
+    reads = READS[step.stage] if step.reads is None else step.reads
+    blocks = {b: _select(step_cfg, b) for b in (f"stages.{step.stage}", *reads)}
     upstream = {n: (state.get(n) or {}).get("manifest_sha256") for n in step.needs}
     payload = {"stage": step.stage, "overrides": step.overrides, "blocks": blocks, "up": upstream}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

@@ -293,6 +293,9 @@ class DumpLogitsSettings:
     out_of_fold: bool = False
     orientations: list[str] = field(default_factory=lambda: ["original", "swapped"])
     batch_size: int = 8
+    # a classical teacher (pipeline.teachers: [baseline/<name>]): the baseline <name> fitted per
+    # fold on the fold's training rows (stages.baselines' knobs) instead of the model's adapters
+    baseline: str | None = None
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.orientations) - set(ORIENTATIONS))
