@@ -41,6 +41,7 @@ help:
 	@echo "  pretrain train-teacher dump-logits distill (MODEL=name, FOLD=k, LAUNCH=\"accelerate launch ...\")"
 	@echo "  merge quantize predict predict-holdout baselines report kaggle-package"
 	@echo "make plan       projected prediction time on a device (stages.plan.*: lengths, rows, device)"
+	@echo "make sweep      a small grid of Hydra values, one run per point, one results table (ARGS=\"--out DIR --grid k=v1,v2 ...\")"
 
 setup: $(STAMP)
 
@@ -161,3 +162,11 @@ PIPE = experiment=$(EXPERIMENT) $(if $(TRAIN),'data.train.path=[$(TRAIN)]') $(if
 	$(if $(ABLATE),pipeline.ablate=true) $(ARGS)
 pipeline: setup
 	$(PIPELINE) $(PIPE)
+
+# the pipeline (or --only some stages) over a small grid of Hydra values, one run folder per
+# point and one results table (<out>/results.md, results.json), e.g.
+#   make sweep ARGS="--out runs/sweep --grid stages.teacher.epochs=1,2 --only data,tokenize,teacher \
+#     experiment=cpu_real data.train.path=[../shared/data/preference/llmeval2.csv]"
+.PHONY: sweep
+sweep: setup
+	$(PY) scripts/sweep.py $(ARGS)
