@@ -170,3 +170,10 @@ pipeline: setup
 .PHONY: sweep
 sweep: setup
 	$(PY) scripts/sweep.py $(ARGS)
+
+# pipeline.final=folds: every fold's student predicts the test rows (the pipeline's
+# "predict fold_<k>" steps, into runs/<run>/fold_predictions/fold_<k>), averaged into
+# runs/<run>/predictions (submission.csv)
+.PHONY: ensemble
+ensemble: setup
+	$(STAGE) ensemble $(ARGS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -235,6 +236,7 @@ def test_a_baseline_teacher_end_to_end_on_the_tiny_demo(tmp_path):
         *chain_overrides(tmp_path),
         "pipeline.teachers=[baseline/tfidf_lr]",
         "pipeline.student=tiny_llama",
+        "pipeline.final=folds",
     ]
     records = run_pipeline(overrides)
     ran = [r["label"] for r in records]
@@ -252,9 +254,37 @@ def test_a_baseline_teacher_end_to_end_on_the_tiny_demo(tmp_path):
     data = read_run_data(run_dir / "data")
     want = fold_logit_table("tfidf_lr", data.labelled, data.folds, 2)
     pd.testing.assert_frame_equal(dump, want)
+    # pipeline.final=folds: the submission is the mean of the fold students' predictions
+    assert "ensemble" in ran and "predict" not in ran
+    folds = [
+        pd.read_parquet(run_dir / "fold_predictions" / f"fold_{k}" / "predictions.parquet")
+        for k in range(2)
+    ]
+    final = pd.read_parquet(run_dir / "predictions" / "predictions.parquet")
+    cols = ["final_p_a", "final_p_b", "final_p_tie"]
+    assert final["id"].tolist() == folds[0]["id"].tolist()
+    np.testing.assert_allclose(
+        final[cols].to_numpy(), (folds[0][cols].to_numpy() + folds[1][cols].to_numpy()) / 2
+    )
+    submission = pd.read_csv(run_dir / "predictions" / "submission.csv")
+    assert submission["id"].astype(str).tolist() == final["id"].tolist()
+    assert metrics["final_model"]["inference_passes"] == {"merge": 1, "folds": 2}
     again = run_pipeline([*overrides, "stages.baselines.c=0.5"], dry_run=True)
     # (a dry run does not propagate: what follows the dump reruns once it has run)
     assert [r["label"] for r in again if r["status"] == "would_run"] == [
         "dump_logits baseline/tfidf_lr",
         "baselines",
     ]
+
+
+def test_the_folds_final_predicts_with_every_fold_student_and_averages():
+    got = labels(["experiment=demo", "pipeline.final=folds"])
+    assert "predict" not in got
+    assert got[got.index("quantize") + 1 :][:4] == [
+        "predict fold_0",
+        "predict fold_1",
+        "predict fold_2",
+        "ensemble",
+    ]
+    with pytest.raises(Exception, match="pipeline.final"):
+        labels(["experiment=demo", "pipeline.final=average"])

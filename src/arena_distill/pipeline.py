@@ -11,7 +11,9 @@ the teachers (the student) when ``stages.teacher.init_from_pretrain``
 (``stages.distill.init_from_pretrain``), the CE-only student when ``pipeline.ablate``,
 ``predict`` when the data has a test set, the holdout predictions (merged, quantized, every
 fold's student) when ``data.holdout_frac > 0``. A teacher named ``baseline/<name>`` (a
-classical teacher) has no model and no training: only its logit dump, fitted per fold.
+classical teacher) has no model and no training: only its logit dump, fitted per fold. With
+``pipeline.final: folds`` the test rows are predicted by every fold's student and averaged
+(``ensemble``) instead of by the quantized merge (which still runs, for the report).
 
 A step whose output is complete and fresh is skipped: ``<run_dir>/pipeline.json`` records for
 every step a key (the sha256 of the config blocks the stage reads and of the manifests of the
@@ -83,6 +85,7 @@ READS: dict[str, tuple[str, ...]] = {
     "predict": ("model", "prompt", "data.sample_submission"),
     "baselines": ("seed",),
     "report": (),
+    "ensemble": ("data.sample_submission", "stages.predict.clip_eps"),
 }
 # Typical share of a stage in the demo's time (from its manifests), for the first run's estimate.
 TYPICAL_SECONDS: dict[str, float] = {
@@ -99,6 +102,7 @@ TYPICAL_SECONDS: dict[str, float] = {
     "predict": 8,
     "baselines": 10,
     "report": 10,
+    "ensemble": 2,
 }
 
 
@@ -193,7 +197,23 @@ def plan(cfg: DictConfig, model_paths: dict[str, str]) -> list[Step]:
         )
     add("merge", "merge", f"model={student}", needs=["distill", "tiny_models"])
     add("quantize", "quantize", f"model={student}", needs=["data", "merge"])
-    if data.get("test") is not None:
+    if data.get("test") is not None and pipe.final == "folds":
+        # the final model is the fold students' averaged predictions: every fold's student
+        # predicts the test rows, the ensemble stage averages them into predictions/
+        for k in range(int(data.folds.n_folds)):
+            add(
+                f"predict fold_{k}",
+                "predict",
+                f"model={student}",
+                "stages.predict.model_dir=${model.name_or_path}",
+                f"stages.predict.adapter_dir=${{stages.distill.out_dir}}/fold_{k}/adapter",
+                f"stages.predict.out_dir=${{stages.ensemble.sources_dir}}/fold_{k}",
+                needs=["data", "tiny_models", "distill"],
+                group="predict",
+            )
+        folds = [f"predict fold_{k}" for k in range(int(data.folds.n_folds))]
+        add("ensemble", "ensemble", needs=["data", *folds])
+    elif data.get("test") is not None:
         add("predict", "predict", f"model={student}", needs=["data", "quantize"])
     if float(data.holdout_frac) > 0:
         holdout = [f"model={student}", "stages.predict.split=holdout"]

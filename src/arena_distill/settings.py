@@ -54,6 +54,9 @@ __all__ = ["ConfigError", "build", "nearest_key", "to_dict", "validate", "stage"
 # ---------------------------------------------------------------------------------------------
 
 
+FINAL_MODELS = ("merge", "folds")
+
+
 @dataclass(kw_only=True)
 class PipelineSettings:
     """Which model configs play which role in the distillation recipe."""
@@ -61,6 +64,13 @@ class PipelineSettings:
     teachers: list[str]
     student: str
     ablate: bool = False  # also the student without teacher terms (students/<student>_ce_only)
+    # the final model: merge (the fold students merged, quantized) | folds (the fold students'
+    # averaged predictions, n_folds forward passes per row; stages.ensemble)
+    final: str = "merge"
+
+    def __post_init__(self) -> None:
+        if self.final not in FINAL_MODELS:
+            raise ConfigError(f"pipeline.final must be one of {FINAL_MODELS}, got {self.final!r}")
 
 
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
@@ -470,6 +480,19 @@ class ReportSettings:
     compare_with: str | None = None
 
 
+@dataclass(kw_only=True)
+class EnsembleSettings:
+    """``stages.ensemble``: the fold students' averaged predictions (``pipeline.final: folds``)."""
+
+    out_dir: str
+    sources_dir: str  # <sources_dir>/fold_<k>/predictions.parquet
+    split: str = "test"
+
+    def __post_init__(self) -> None:
+        if self.split not in PREDICT_SPLITS:
+            raise ConfigError(f"stages.ensemble.split must be one of {PREDICT_SPLITS}")
+
+
 # name of the stage -> its block's dataclass (stages.<name>)
 STAGE_SETTINGS: dict[str, type] = {
     "demo_data": DemoDataSettings,
@@ -486,6 +509,7 @@ STAGE_SETTINGS: dict[str, type] = {
     "baselines": BaselinesSettings,
     "report": ReportSettings,
     "plan": PlanSettings,
+    "ensemble": EnsembleSettings,
 }
 
 ROOT_SCALARS = {"run_name": str, "runs_root": str, "run_dir": str, "seed": int}
