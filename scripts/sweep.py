@@ -94,8 +94,8 @@ def _read(path: Path) -> dict | None:
 def scores(run_dir: Path) -> dict[str, float]:
     """Every score a point's run folder holds: ``oof:<name>``, ``holdout:<name>`` (the
     report's), else ``oof:<kind>/<m>`` (+tta) of a finished training stage,
-    ``fold_<k>:<kind>/<m>`` (+tta) of every finished fold, ``oof:`` / ``holdout:`` of the
-    baselines."""
+    ``fold_<k>:<kind>/<m>`` (+tta) of every finished fold, ``oof:`` / ``holdout:`` and
+    ``fold_<k>:`` of the baselines."""
     out: dict[str, float] = {}
     report = _read(run_dir / "report" / "metrics.json")
     if report:
@@ -125,6 +125,9 @@ def scores(run_dir: Path) -> dict[str, float]:
             key = f"{split}:baseline/{base.name}"
             if m and f"{split}_log_loss" in m and key not in out:
                 out[key] = float(m[f"{split}_log_loss"])
+        # per fold too: a one-fold sweep compares with the baseline on the same rows
+        for k, value in enumerate((m or {}).get("fold_log_loss") or []):
+            out[f"fold_{k}:baseline/{base.name}"] = float(value)
     return out
 
 

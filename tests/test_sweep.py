@@ -52,7 +52,10 @@ def test_scores_come_from_the_report_else_from_the_stages(sweep, tmp_path):
         {"log_loss": 0.9, "log_loss_tta": 0.89, "prior_log_loss": 1.05},
     )
     _write(run / "students/s/metrics.json", {"oof": {"log_loss": 0.95, "log_loss_tta": 0.94}})
-    _write(run / "baselines/tfidf_lr/metrics.json", {"oof_log_loss": 1.0, "holdout_log_loss": 1.1})
+    _write(
+        run / "baselines/tfidf_lr/metrics.json",
+        {"oof_log_loss": 1.0, "holdout_log_loss": 1.1, "fold_log_loss": [0.98, 1.02]},
+    )
     assert sweep.scores(run) == {
         "fold_0:teacher/m": 0.9,
         "fold_0:teacher/m+tta": 0.89,
@@ -61,6 +64,8 @@ def test_scores_come_from_the_report_else_from_the_stages(sweep, tmp_path):
         "oof:student/s+tta": 0.94,
         "oof:baseline/tfidf_lr": 1.0,
         "holdout:baseline/tfidf_lr": 1.1,
+        "fold_0:baseline/tfidf_lr": 0.98,
+        "fold_1:baseline/tfidf_lr": 1.02,
     }
     # the report's numbers win where it has them
     _write(
