@@ -19,7 +19,8 @@ points left: the report's OOF and holdout log losses when the report ran, else t
 stages' own scores (``teachers/<m>`` and ``students/<m>``: OOF over all folds once they are all
 done, and every finished fold's validation log loss, so a one-fold sweep with
 ``stages.teacher.folds=0`` is scored too) and the baselines'. The best point of every score is
-in bold. Nothing is scored here that a stage did not already score.
+in bold (where the points differ); the minutes are this sweep's and those its pipeline steps
+recorded (``pipeline.json``: what the point cost, also when a rerun skipped it). Nothing is scored here that a stage did not already score.
 """
 
 from __future__ import annotations
@@ -131,6 +132,15 @@ def scores(run_dir: Path) -> dict[str, float]:
     return out
 
 
+def step_seconds(run_dir: Path) -> float | None:
+    """The seconds of the point's pipeline steps as last run (``pipeline.json``): what the
+    point cost, also when a rerun of the sweep skipped its fresh steps."""
+    state = _read(run_dir / "pipeline.json")
+    steps = (state or {}).get("steps") or {}
+    seconds = [s.get("seconds") for s in steps.values() if isinstance(s, dict)]
+    return round(sum(x for x in seconds if x), 1) if seconds else None
+
+
 def _order(name: str) -> tuple:
     where, _, what = name.partition(":")
     return (where != "oof", where != "holdout", where, what.startswith("baseline/"), what)
@@ -139,22 +149,27 @@ def _order(name: str) -> tuple:
 def markdown(records: Sequence[Mapping]) -> str:
     """The points (overrides, status, minutes) and one row per score, a column per point,
     the lowest log loss of each row in bold."""
-    lines = ["| point | overrides | status | minutes |", "|---|---|---|---|"]
+    lines = [
+        "| point | overrides | status | minutes (this sweep) | minutes (its steps) |",
+        "|---|---|---|---|---|",
+    ]
     for r in records:
         overrides = " ".join(f"`{o}`" for o in r["overrides"]) or "(base)"
-        lines.append(f"| {r['point']} | {overrides} | {r['status']} | {r['seconds'] / 60:.1f} |")
+        steps = r.get("step_seconds")
+        lines.append(
+            f"| {r['point']} | {overrides} | {r['status']} | {r['seconds'] / 60:.1f} | "
+            f"{'' if steps is None else f'{steps / 60:.1f}'} |"
+        )
     names = sorted({n for r in records for n in r["scores"]}, key=_order)
     if names:
         lines += ["", "| log loss | " + " | ".join(r["point"] for r in records) + " |"]
         lines.append("|" + "---|" * (len(records) + 1))
         for name in names:
             values = [r["scores"].get(name) for r in records]
-            best = min((v for v in values if v is not None), default=None)
+            present = [v for v in values if v is not None]
+            best = min(present) if len(set(present)) > 1 else None  # bold only a difference
             cells = [
-                ""
-                if v is None
-                else (f"**{v:.4f}**" if v == best and len(records) > 1 else f"{v:.4f}")
-                for v in values
+                "" if v is None else (f"**{v:.4f}**" if v == best else f"{v:.4f}") for v in values
             ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -226,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "run_dir": str(run_dir),
                 "status": "ok" if rc == 0 else f"failed (rc {rc}, {run_dir / 'sweep.log'})",
                 "seconds": round(seconds, 1),
+                "step_seconds": step_seconds(run_dir),
                 "scores": scores(run_dir),
             }
         )

@@ -77,12 +77,14 @@ def test_scores_come_from_the_report_else_from_the_stages(sweep, tmp_path):
 
 
 def test_the_table_has_a_column_per_point_and_the_best_in_bold(sweep):
+    """(minutes of this sweep and of the point's recorded pipeline steps)"""
     records = [
         {
             "point": "p00",
             "overrides": ["a=1"],
             "status": "ok",
             "seconds": 60.0,
+            "step_seconds": 30.0,
             "scores": {"oof:x": 0.9, "holdout:x": 1.0},
         },
         {
@@ -94,9 +96,9 @@ def test_the_table_has_a_column_per_point_and_the_best_in_bold(sweep):
         },
     ]
     md = sweep.markdown(records)
-    assert "| p00 | `a=1` | ok | 1.0 |" in md and "| p01 | `a=2` | ok | 2.0 |" in md
+    assert "| p00 | `a=1` | ok | 1.0 | 0.5 |" in md and "| p01 | `a=2` | ok | 2.0 |  |" in md
     assert "| oof:x | 0.9000 | **0.8000** |" in md
-    assert "| holdout:x | **1.0000** |  |" in md
+    assert "| holdout:x | 1.0000 |  |" in md  # one value: nothing to compare
     assert md.index("| oof:x") < md.index("| holdout:x")
 
 
@@ -125,3 +127,4 @@ def test_a_sweep_runs_every_point_in_its_own_run_folder(sweep, tmp_path):
     for p in results["points"]:
         assert (out / p["point"] / "baselines" / "length_lr" / "oof.parquet").is_file()
     assert "oof:baseline/length_lr" in (out / "results.md").read_text()
+    assert all(p["step_seconds"] > 0 for p in results["points"])
