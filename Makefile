@@ -46,6 +46,7 @@ help:
 	@echo "  merge quantize predict predict-holdout baselines report kaggle-package"
 	@echo "make plan       projected prediction time on a device (stages.plan.*: lengths, rows, device)"
 	@echo "make stack      level-2 LR over the student, baselines and length features (stages.stack.*)"
+	@echo "make sweep      a small grid of Hydra values, one run per point, one results table (ARGS=\"--out DIR --grid k=v1,v2 ...\")"
 
 setup: $(STAMP)
 
@@ -95,14 +96,17 @@ tokenize: setup
 
 # post-pretraining for every model of the recipe (teachers and student), or MODEL=name
 pretrain: setup
-	for m in $(PRETRAIN_MODELS); do $(TRAIN_STAGE) pretrain $(ARGS) model=$$m || exit 1; done
+	for m in $(filter-out baseline/%,$(PRETRAIN_MODELS)); do $(TRAIN_STAGE) pretrain $(ARGS) model=$$m || exit 1; done
 
-# every configured teacher over all folds (MODEL=name / FOLD=k to narrow)
+# every configured teacher over all folds (MODEL=name / FOLD=k to narrow); a classical teacher
+# (baseline/<name>) has nothing to train: dump-logits fits it per fold
 train-teacher: setup
-	for m in $(TEACHERS); do $(TRAIN_STAGE) teacher $(ARGS) model=$$m $(FOLD_ARG) || exit 1; done
+	for m in $(filter-out baseline/%,$(TEACHERS)); do $(TRAIN_STAGE) teacher $(ARGS) model=$$m $(FOLD_ARG) || exit 1; done
 
 dump-logits: setup
-	for m in $(TEACHERS); do $(TRAIN_STAGE) dump_logits $(ARGS) model=$$m || exit 1; done
+	for m in $(filter-out baseline/%,$(TEACHERS)); do $(TRAIN_STAGE) dump_logits $(ARGS) model=$$m || exit 1; done
+	for m in $(patsubst baseline/%,%,$(filter baseline/%,$(TEACHERS))); do $(STAGE) dump_logits $(ARGS) \
+		stages.dump_logits.baseline=$$m 'stages.dump_logits.out_dir=$${stages.distill.logits_dir}/baseline/'$$m || exit 1; done
 
 # every teacher's soft labels on the unlabelled pool (data.unlabelled; UNLABELLED=a.csv[,b.csv])
 # -> runs/<run>/pseudo; then `make distill ARGS="stages.distill.pseudo_dir=runs/<run>/pseudo"`
@@ -189,3 +193,17 @@ pipeline: setup
 .PHONY: test-stale
 test-stale: setup
 	$(PY) -m pytest -q -k stale tests/test_fingerprint.py tests/stages/test_stale_stage.py
+# the pipeline (or --only some stages) over a small grid of Hydra values, one run folder per
+# point and one results table (<out>/results.md, results.json), e.g.
+#   make sweep ARGS="--out runs/sweep --grid stages.teacher.epochs=1,2 --only data,tokenize,teacher \
+#     experiment=cpu_real data.train.path=[../shared/data/preference/llmeval2.csv]"
+.PHONY: sweep
+sweep: setup
+	$(PY) scripts/sweep.py $(ARGS)
+
+# pipeline.final=folds: every fold's student predicts the test rows (the pipeline's
+# "predict fold_<k>" steps, into runs/<run>/fold_predictions/fold_<k>), averaged into
+# runs/<run>/predictions (submission.csv)
+.PHONY: ensemble
+ensemble: setup
+	$(STAGE) ensemble $(ARGS)

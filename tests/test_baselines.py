@@ -11,6 +11,7 @@ from arena_distill.data.readers import read_competition
 from arena_distill.data.summary import DataSummary
 from arena_distill.data.swap import mirror_probs, swap_table
 from arena_distill.demo import generate_demo
+from arena_distill.layout import LOGIT_COLS
 from arena_distill.metrics import log_loss, prior_log_loss
 
 
@@ -49,3 +50,70 @@ def test_length_features_are_antisymmetric_where_they_should_be(demo):
 def test_unknown_baseline_is_refused(demo):
     with pytest.raises(ValueError, match="unknown baseline"):
         fit_baseline("xgboost", demo[0])
+
+
+# --- a baseline as a teacher: fold_logit_table ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def folded(demo) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The demo rows with a folds table: 3 cv folds, 30 extra rows, 20 holdout rows."""
+    rows = pd.concat(demo, ignore_index=True).iloc[:250].reset_index(drop=True)
+    split = ["cv"] * 200 + ["extra"] * 30 + ["holdout"] * 20
+    fold = [i % 3 for i in range(200)] + [-1] * 50
+    folds = pd.DataFrame({"id": rows["id"].astype(str), "split": split, "fold": fold})
+    return rows, folds
+
+
+def test_baseline_teacher_scores_each_fold_like_a_teacher_fold(folded):
+    """Fold k's rows are scored by the baseline fitted on fold k's training rows only (cv rows
+    of the other folds + extra rows), as a transformer teacher's fold-k model scores them:
+    in-sample on the training rows, out of fold on the validation rows; swapped rows on the
+    swapped input. No holdout row is ever scored or fitted on."""
+    from arena_distill.baselines import baseline_logits, fold_logit_table
+    from arena_distill.data.folds import split_by_fold
+    from arena_distill.metrics import probs_from_logits
+
+    rows, folds = folded
+    table = fold_logit_table("tfidf_lr", rows, folds, 3, in_sample=True, out_of_fold=True)
+    assert list(table.columns) == ["fold", "id", "swapped", "split", *LOGIT_COLS]
+    holdout = set(folds.loc[folds["split"] == "holdout", "id"])
+    assert not holdout & set(table["id"])
+    for k in range(3):
+        train_rows, valid_rows = split_by_fold(rows, folds, k)
+        model = fit_baseline("tfidf_lr", train_rows)
+        for split, part in (("train", train_rows), ("valid", valid_rows)):
+            for swapped in (False, True):
+                got = table[(table["fold"] == k) & (table["split"] == split)]
+                got = got[got["swapped"] == swapped]
+                assert got["id"].tolist() == part["id"].astype(str).tolist()
+                shown = swap_table(part) if swapped else part
+                want = model.predict_proba(shown)
+                logits = got[list(LOGIT_COLS)].to_numpy()
+                np.testing.assert_allclose(probs_from_logits(logits), want, atol=1e-5)
+                np.testing.assert_allclose(logits, baseline_logits(want))
+        # the out-of-fold rows are exactly fold k's cv rows: no validation row was fitted on
+        valid_ids = set(table[(table["fold"] == k) & (table["split"] == "valid")]["id"])
+        assert valid_ids == set(folds[(folds["split"] == "cv") & (folds["fold"] == k)]["id"])
+        assert not valid_ids & set(train_rows["id"].astype(str))
+
+
+def test_baseline_teacher_defaults_to_the_in_sample_dump(folded):
+    from arena_distill.baselines import fold_logit_table
+
+    rows, folds = folded
+    table = fold_logit_table("length_lr", rows, folds, 3, orientations=[False])
+    assert set(table["split"]) == {"train"} and not table["swapped"].any()
+    assert len(table) == sum(230 - (folds["fold"] == k).sum() for k in range(3))
+
+
+def test_baseline_teacher_names():
+    from arena_distill.baselines import baseline_of, dump_overrides
+
+    assert baseline_of("baseline/tfidf_lr") == "tfidf_lr"
+    assert baseline_of("minilm") is None
+    assert dump_overrides("minilm") == ["model=minilm"]
+    assert dump_overrides("baseline/length_lr") == [
+        "stages.dump_logits.baseline=length_lr",
+        "stages.dump_logits.out_dir=${stages.distill.logits_dir}/baseline/length_lr",
+    ]

@@ -100,6 +100,7 @@ def test_first_place_has_the_recipe_numbers():
         "teachers": ["llama3_70b", "qwen2_72b"],
         "student": "gemma2_9b",
         "ablate": False,
+        "final": "merge",
     }
     assert cfg["model"]["lora"] == {
         "r": 64,

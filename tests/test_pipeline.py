@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -242,3 +244,87 @@ def test_stale_inputs_refuse_a_stage_command_and_the_pipeline_reruns_them(chain)
     records = run_pipeline(after)
     ran = [r["label"] for r in records if r["status"] == "ran"]
     assert ran == ["merge", "quantize", "predict", "holdout merged", "holdout quantized", "report"]
+
+
+# --- a classical teacher (pipeline.teachers: [baseline/<name>]) -------------------------------
+
+
+def test_a_baseline_teacher_is_dumped_not_trained():
+    overrides = ["experiment=demo", "pipeline.teachers=[tiny_llama,baseline/tfidf_lr]"]
+    cfg = compose(overrides)
+    steps = {s.label: s for s in plan(cfg, model_paths_of(cfg, overrides))}
+    assert not any("baseline/" in label for label in steps if not label.startswith("dump_logits"))
+    dump = steps["dump_logits baseline/tfidf_lr"]
+    assert dump.needs == ("data",)  # fitted on the data alone, nothing to train first
+    assert dump.overrides == (
+        "stages.dump_logits.baseline=tfidf_lr",
+        "stages.dump_logits.out_dir=${stages.distill.logits_dir}/baseline/tfidf_lr",
+    )
+    assert "stages.baselines" in dump.reads and "model" not in dump.reads
+    assert steps["distill"].needs[-2:] == (
+        "dump_logits tiny_llama",
+        "dump_logits baseline/tfidf_lr",
+    )
+    with pytest.raises(Exception, match="not baselines"):
+        labels(["experiment=demo", "pipeline.teachers=[baseline/xgboost]"])
+
+
+def test_a_baseline_teacher_end_to_end_on_the_tiny_demo(tmp_path):
+    """The student distilled from TF-IDF LR alone: the whole chain runs, the dump is the
+    baseline fitted on each fold's training rows, and a baseline setting reruns the dump."""
+    overrides = [
+        *chain_overrides(tmp_path),
+        "pipeline.teachers=[baseline/tfidf_lr]",
+        "pipeline.student=tiny_llama",
+        "pipeline.final=folds",
+    ]
+    records = run_pipeline(overrides)
+    ran = [r["label"] for r in records]
+    assert "dump_logits baseline/tfidf_lr" in ran and not any(x.startswith("teacher") for x in ran)
+    run_dir = tmp_path / "runs" / "demo"
+    dump = pd.read_parquet(run_dir / "logits" / "baseline" / "tfidf_lr" / "logits.parquet")
+    assert set(dump["split"]) == {"train"} and set(dump["fold"]) == {0, 1}
+    metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
+    assert "student/tiny_llama" in metrics["oof_log_loss"]
+    assert {"merged", "quantized", "folds_mean"} <= set(metrics["holdout_log_loss"])
+    # the dump is the same table the library computes for the run's folds
+    from arena_distill.baselines import fold_logit_table
+    from arena_distill.layout import read_run_data
+
+    data = read_run_data(run_dir / "data")
+    want = fold_logit_table("tfidf_lr", data.labelled, data.folds, 2)
+    pd.testing.assert_frame_equal(dump, want)
+    # pipeline.final=folds: the submission is the mean of the fold students' predictions
+    assert "ensemble" in ran and "predict" not in ran
+    folds = [
+        pd.read_parquet(run_dir / "fold_predictions" / f"fold_{k}" / "predictions.parquet")
+        for k in range(2)
+    ]
+    final = pd.read_parquet(run_dir / "predictions" / "predictions.parquet")
+    cols = ["final_p_a", "final_p_b", "final_p_tie"]
+    assert final["id"].tolist() == folds[0]["id"].tolist()
+    np.testing.assert_allclose(
+        final[cols].to_numpy(), (folds[0][cols].to_numpy() + folds[1][cols].to_numpy()) / 2
+    )
+    submission = pd.read_csv(run_dir / "predictions" / "submission.csv")
+    assert submission["id"].astype(str).tolist() == final["id"].tolist()
+    assert metrics["final_model"]["inference_passes"] == {"merge": 1, "folds": 2}
+    again = run_pipeline([*overrides, "stages.baselines.c=0.5"], dry_run=True)
+    # (a dry run does not propagate: what follows the dump reruns once it has run)
+    assert [r["label"] for r in again if r["status"] == "would_run"] == [
+        "dump_logits baseline/tfidf_lr",
+        "baselines",
+    ]
+
+
+def test_the_folds_final_predicts_with_every_fold_student_and_averages():
+    got = labels(["experiment=demo", "pipeline.final=folds"])
+    assert "predict" not in got
+    assert got[got.index("quantize") + 1 :][:4] == [
+        "predict fold_0",
+        "predict fold_1",
+        "predict fold_2",
+        "ensemble",
+    ]
+    with pytest.raises(Exception, match="pipeline.final"):
+        labels(["experiment=demo", "pipeline.final=average"])

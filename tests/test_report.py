@@ -529,6 +529,7 @@ def test_merge_warnings_flag_a_merge_that_lost_what_the_folds_learned(tmp_path):
 REPORT_SECTIONS = {
     "section_intro": None,
     "section_warnings": None,
+    "section_final_model": "Final model (out-of-fold evidence only)",
     "section_prior": "Floor to beat: the class prior",
     "section_oof": "Out-of-fold scores (per-fold models, cv rows)",
     "section_tta": "Swap-TTA gain",
@@ -545,10 +546,13 @@ REPORT_SECTIONS = {
 
 
 def test_render_report_is_its_section_functions_in_order(synthetic):
+    from arena_distill.report.metrics import final_model
+
     root, _ = synthetic
     _manifest(root / "data", "data", {"seconds": 1.5, "peak_rss_mb": 210.3})
     m = build_metrics(load_run(root), temperature_scaling=True)
     m["warnings"] = ["the folds diverged"]
+    m["final_model"] = final_model({"student/s": 0.9, "baseline/prior": 1.0}, 3)
     m["training_logs"] = {
         "tensorboard_dir": "runs/x/tensorboard",
         "runs": [{"run": "a", "files": 1}],

@@ -22,7 +22,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from arena_distill.data.folds import split_by_fold
 from arena_distill.data.swap import swap_table
+from arena_distill.layout import LOGIT_COLS
 from arena_distill.metrics import class_prior
 
 BASELINES = ("prior", "length_lr", "tfidf_lr")
@@ -112,3 +114,73 @@ def fit_baseline(
     base.model = LogisticRegression(C=c, max_iter=2000, random_state=seed)
     base.model.fit(x, y)
     return base
+
+
+# ---------------------------------------------------------------------------------------------
+# A baseline as a teacher (``pipeline.teachers: [baseline/<name>]``)
+# ---------------------------------------------------------------------------------------------
+
+BASELINE_TEACHER = "baseline/"  # a teacher named baseline/<name> is the classical baseline <name>
+
+
+def baseline_of(teacher: str) -> str | None:
+    """``<name>`` for a teacher named ``baseline/<name>``; None for a model config."""
+    return teacher[len(BASELINE_TEACHER) :] if teacher.startswith(BASELINE_TEACHER) else None
+
+
+def dump_overrides(teacher: str) -> list[str]:
+    """The ``dump_logits`` overrides that write ``teacher``'s dump: ``model=<m>`` for a model
+    config; for a classical teacher the baseline and its folder, where distill reads it."""
+    name = baseline_of(teacher)
+    if name is None:
+        return [f"model={teacher}"]
+    return [
+        f"stages.dump_logits.baseline={name}",
+        f"stages.dump_logits.out_dir=${{stages.distill.logits_dir}}/{teacher}",
+    ]
+
+
+def baseline_logits(probs: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """Logits whose softmax is ``probs``: log-probabilities (clipped away from 0), centred per
+    row (a softmax is blind to a shift)."""
+    logp = np.log(np.clip(np.asarray(probs, dtype=np.float64), eps, 1.0))
+    return (logp - logp.mean(axis=1, keepdims=True)).astype(np.float32)
+
+
+def fold_logit_table(
+    name: str,
+    labelled: pd.DataFrame,
+    folds: pd.DataFrame,
+    n_folds: int,
+    *,
+    in_sample: bool = True,
+    out_of_fold: bool = False,
+    orientations: Sequence[bool] = (False, True),
+    **options,
+) -> pd.DataFrame:
+    """A baseline's logits in the layout of a transformer teacher's dump (``dump_logits``).
+
+    For every fold k the baseline is fitted on fold k's training rows only, as the fold-k
+    teacher is trained on them, and scores the same rows a teacher's fold-k model scores:
+    fold k's training rows (``split=train``, in-sample, what the student of fold k learns from)
+    and, with ``out_of_fold``, fold k's validation rows (``split=valid``). Each orientation is
+    computed on the input in that orientation (the swapped rows are the A/B-swapped input, not
+    mirrored). Columns: ``fold, id, swapped, split, logit_a, logit_b, logit_tie``.
+    """
+    parts = []
+    for fold in range(n_folds):
+        train_rows, valid_rows = split_by_fold(labelled, folds, fold)
+        model = fit_baseline(name, train_rows, **options)
+        splits = {"train": train_rows} if in_sample else {}
+        if out_of_fold:
+            splits["valid"] = valid_rows
+        for split, rows in splits.items():
+            for swapped in orientations:
+                shown = swap_table(rows) if swapped else rows
+                part = pd.DataFrame(
+                    {"fold": fold, "id": rows["id"].astype(str).tolist(), "swapped": bool(swapped)}
+                )
+                part["split"] = split
+                part[list(LOGIT_COLS)] = baseline_logits(model.predict_proba(shown))
+                parts.append(part)
+    return pd.concat(parts, ignore_index=True)

@@ -11,7 +11,10 @@ the teachers (the student) when ``stages.teacher.init_from_pretrain``
 (``stages.distill.init_from_pretrain``), ``pseudo_label`` (and the student trained on its rows
 too) when ``data.unlabelled`` names a pool, the CE-only student when ``pipeline.ablate``,
 ``predict`` when the data has a test set, the holdout predictions (merged, quantized, every
-fold's student) when ``data.holdout_frac > 0``.
+fold's student) when ``data.holdout_frac > 0``. A teacher named ``baseline/<name>`` (a
+classical teacher) has no model and no training: only its logit dump, fitted per fold. With
+``pipeline.final: folds`` the test rows are predicted by every fold's student and averaged
+(``ensemble``) instead of by the quantized merge (which still runs, for the report).
 
 A step whose output is complete and fresh is skipped: ``<run_dir>/pipeline.json`` records for
 every step a key (the sha256 of the config blocks the stage reads and of the manifests of the
@@ -46,6 +49,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from arena_distill import faults
 from arena_distill import settings as config
+from arena_distill.baselines import BASELINES, baseline_of, dump_overrides
 from arena_distill.io import (
     MANIFEST,
     OutputBusyError,
@@ -91,6 +95,7 @@ READS: dict[str, tuple[str, ...]] = {
         "stages.teacher",
     ),
     "stack": ("seed", "stages.baselines", "stages.predict"),
+    "ensemble": ("data.sample_submission", "stages.predict.clip_eps"),
 }
 # Keys of a READS block a stage does not read: ``data.unlabelled`` is the pseudo_label stage's
 # alone, so adding a pool reruns it and the student, not the data stage and every teacher.
@@ -112,6 +117,7 @@ TYPICAL_SECONDS: dict[str, float] = {
     "report": 10,
     "pseudo_label": 20,
     "stack": 10,
+    "ensemble": 2,
 }
 
 
@@ -124,6 +130,7 @@ class Step:
     overrides: tuple[str, ...] = ()  # on top of the pipeline's own
     needs: tuple[str, ...] = ()  # labels of the steps whose outputs it reads
     group: str = ""  # what --only selects (default: the stage name)
+    reads: tuple[str, ...] | None = None  # the blocks its key hashes (None: READS[stage])
 
     @property
     def selector(self) -> str:
@@ -148,11 +155,20 @@ def plan(cfg: DictConfig, model_paths: dict[str, str]) -> list[Step]:
     student, teachers = pipe.student, list(pipe.teachers)
     steps: list[Step] = []
 
-    def add(label: str, stage: str, *overrides: str, needs=(), group: str = "") -> None:
+    def add(label: str, stage: str, *overrides: str, needs=(), group: str = "", reads=None) -> None:
         have = {s.label for s in steps}
-        steps.append(
-            Step(label, stage, tuple(overrides), tuple(n for n in needs if n in have), group)
+        needs = tuple(n for n in needs if n in have)
+        steps.append(Step(label, stage, tuple(overrides), needs, group, reads))
+
+    # a teacher named baseline/<name> is a classical baseline: no model, no training, its
+    # per-fold logits dumped by dump_logits (stages.dump_logits.baseline)
+    classical = [t for t in teachers if baseline_of(t) is not None]
+    unknown = sorted(t for t in classical if baseline_of(t) not in BASELINES)
+    if unknown:
+        raise config.ConfigError(
+            f"pipeline.teachers: {unknown} are not baselines (baseline/<name>, name in {BASELINES})"
         )
+    teachers = [t for t in teachers if t not in classical]
 
     train_paths = config.data(cfg).train.path
     train_paths = [train_paths] if isinstance(train_paths, str) else list(train_paths)
@@ -174,12 +190,25 @@ def plan(cfg: DictConfig, model_paths: dict[str, str]) -> list[Step]:
         add(f"teacher {m}", "teacher", f"model={m}", needs=[*base, f"pretrain {m}"])
     for m in teachers:
         add(f"dump_logits {m}", "dump_logits", f"model={m}", needs=["data", f"teacher {m}"])
-    dumps = [f"dump_logits {m}" for m in teachers]
+    for t in classical:
+        add(
+            f"dump_logits {t}",
+            "dump_logits",
+            *dump_overrides(t),
+            needs=["data"],
+            reads=("seed", "stages.baselines", "stages.distill.logits_dir"),
+        )
+    dumps = [f"dump_logits {m}" for m in [*teachers, *classical]]
     # the pseudo-labelled pool (data.unlabelled): scored by every teacher, then in the student's
     # training set; the CE-only student stays without it (no teacher terms: no loss on it)
     pseudo = bool(data.get("unlabelled"))
     student_extra: tuple[str, ...] = ()
     if pseudo:
+        if classical:
+            raise config.ConfigError(
+                f"data.unlabelled with classical teachers {classical}: pseudo_label scores the "
+                "pool with trained teachers only; drop the pool or the baseline teachers"
+            )
         add("pseudo_label", "pseudo_label", needs=["data", *[f"teacher {m}" for m in teachers]])
         student_extra = ("stages.distill.pseudo_dir=${stages.pseudo_label.out_dir}",)
     add(
@@ -202,7 +231,23 @@ def plan(cfg: DictConfig, model_paths: dict[str, str]) -> list[Step]:
         )
     add("merge", "merge", f"model={student}", needs=["distill", "tiny_models"])
     add("quantize", "quantize", f"model={student}", needs=["data", "merge"])
-    if data.get("test") is not None:
+    if data.get("test") is not None and pipe.final == "folds":
+        # the final model is the fold students' averaged predictions: every fold's student
+        # predicts the test rows, the ensemble stage averages them into predictions/
+        for k in range(int(data.folds.n_folds)):
+            add(
+                f"predict fold_{k}",
+                "predict",
+                f"model={student}",
+                "stages.predict.model_dir=${model.name_or_path}",
+                f"stages.predict.adapter_dir=${{stages.distill.out_dir}}/fold_{k}/adapter",
+                f"stages.predict.out_dir=${{stages.ensemble.sources_dir}}/fold_{k}",
+                needs=["data", "tiny_models", "distill"],
+                group="predict",
+            )
+        folds = [f"predict fold_{k}" for k in range(int(data.folds.n_folds))]
+        add("ensemble", "ensemble", needs=["data", *folds])
+    elif data.get("test") is not None:
         add("predict", "predict", f"model={student}", needs=["data", "quantize"])
     if float(data.holdout_frac) > 0:
         holdout = [f"model={student}", "stages.predict.split=holdout"]
@@ -243,9 +288,10 @@ def model_paths_of(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, str]:
     from arena_distill.config import compose
 
     pipe = config.pipeline(cfg)
+    models = [m for m in [*pipe.teachers, pipe.student] if baseline_of(m) is None]
     return {
         m: str(compose([*overrides, f"model={m}"]).model.name_or_path)
-        for m in dict.fromkeys([*pipe.teachers, pipe.student])
+        for m in dict.fromkeys(models)
     }
 
 
@@ -271,7 +317,8 @@ def manifest_sha(folder: Path) -> str | None:
 def step_key(step: Step, step_cfg: DictConfig, state: dict) -> str:
     """sha256 of what the step reads: its stage block, the blocks of ``READS``, the overrides
     and the manifests its upstream steps left."""
-    blocks = {b: _select(step_cfg, b) for b in (f"stages.{step.stage}", *READS[step.stage])}
+    reads = READS[step.stage] if step.reads is None else step.reads
+    blocks = {b: _select(step_cfg, b) for b in (f"stages.{step.stage}", *reads)}
     for block, keys in NOT_READ.get(step.stage, {}).items():
         if isinstance(blocks.get(block), dict):
             blocks[block] = {k: v for k, v in blocks[block].items() if k not in keys}

@@ -54,6 +54,9 @@ __all__ = ["ConfigError", "build", "nearest_key", "to_dict", "validate", "stage"
 # ---------------------------------------------------------------------------------------------
 
 
+FINAL_MODELS = ("merge", "folds")
+
+
 @dataclass(kw_only=True)
 class PipelineSettings:
     """Which model configs play which role in the distillation recipe."""
@@ -61,6 +64,13 @@ class PipelineSettings:
     teachers: list[str]
     student: str
     ablate: bool = False  # also the student without teacher terms (students/<student>_ce_only)
+    # the final model: merge (the fold students merged, quantized) | folds (the fold students'
+    # averaged predictions, n_folds forward passes per row; stages.ensemble)
+    final: str = "merge"
+
+    def __post_init__(self) -> None:
+        if self.final not in FINAL_MODELS:
+            raise ConfigError(f"pipeline.final must be one of {FINAL_MODELS}, got {self.final!r}")
 
 
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
@@ -341,6 +351,9 @@ class DumpLogitsSettings:
     out_of_fold: bool = False
     orientations: list[str] = field(default_factory=lambda: ["original", "swapped"])
     batch_size: int = 8
+    # a classical teacher (pipeline.teachers: [baseline/<name>]): the baseline <name> fitted per
+    # fold on the fold's training rows (stages.baselines' knobs) instead of the model's adapters
+    baseline: str | None = None
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.orientations) - set(ORIENTATIONS))
@@ -539,6 +552,19 @@ class StackSettings:
             raise ConfigError("stages.stack.baselines: prior is a constant (the intercept)")
 
 
+@dataclass(kw_only=True)
+class EnsembleSettings:
+    """``stages.ensemble``: the fold students' averaged predictions (``pipeline.final: folds``)."""
+
+    out_dir: str
+    sources_dir: str  # <sources_dir>/fold_<k>/predictions.parquet
+    split: str = "test"
+
+    def __post_init__(self) -> None:
+        if self.split not in PREDICT_SPLITS:
+            raise ConfigError(f"stages.ensemble.split must be one of {PREDICT_SPLITS}")
+
+
 # name of the stage -> its block's dataclass (stages.<name>)
 STAGE_SETTINGS: dict[str, type] = {
     "demo_data": DemoDataSettings,
@@ -557,6 +583,7 @@ STAGE_SETTINGS: dict[str, type] = {
     "plan": PlanSettings,
     "pseudo_label": PseudoLabelSettings,
     "stack": StackSettings,
+    "ensemble": EnsembleSettings,
 }
 
 ROOT_SCALARS = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from arena_distill.config import compose
 from arena_distill.stages import plan
@@ -47,3 +48,36 @@ def test_the_plan_stage_tokenises_the_runs_test_rows(trained_run):
     cfg.stages.plan.out_dir = str(trained_run.root / "plan-test")
     data = json.loads((plan.run(cfg) / "plan.json").read_text())
     assert data["rows_given"] == 10 and data["plans"][0]["tflops"] > 0
+
+
+def test_the_folds_final_costs_one_forward_pass_per_fold(tmp_path):
+    """pipeline.final=folds: every row predicted by each of the n_folds students; the projected
+    work is n_folds times the merge's (the fixed seconds once)."""
+    mix = tmp_path / "lengths.json"
+    mix.write_text(json.dumps([100, 700, 1500, 2500] * 8))
+    base = [
+        "experiment=first_place",
+        f"stages.plan.lengths={mix}",
+        "stages.plan.rows=25000",
+        "data.folds.n_folds=5",
+    ]
+    merge = json.loads(
+        (plan.run(compose([*base, f"run_dir={tmp_path}/a"])) / "plan.json").read_text()
+    )
+    folds = json.loads(
+        (
+            plan.run(compose([*base, f"run_dir={tmp_path}/b", "pipeline.final=folds"]))
+            / "plan.json"
+        ).read_text()
+    )
+    assert merge["models"] == 1 and folds["models"] == 5
+    fixed = 300.0
+    for m, f in zip(merge["plans"], folds["plans"], strict=True):
+        assert f["tflops"] == pytest.approx(5 * m["tflops"])
+        assert f["seconds"] - fixed == pytest.approx(5 * (m["seconds"] - fixed))
+    assert (
+        (tmp_path / "b" / "plan" / "plan.txt")
+        .read_text()
+        .splitlines()[0]
+        .endswith("5 forward passes per row")
+    )

@@ -280,7 +280,48 @@ def build_metrics(
     m["holdout_tta_gain"] = tta_gain(m["holdout_log_loss"])
     m["recipe_gains"] = recipe_gains(m["oof_log_loss"], m["holdout_log_loss"])
     m["warnings"] = merge_warnings(m["holdout_log_loss"], m["holdout_prior_log_loss"])
+    m["final_model"] = final_model(m["oof_log_loss"], m["n_folds"])
     m["calibration"] = calib
     m["data_summary"] = run.summary
     m["cost"] = cost_rows(run.run_dir)
     return m
+
+
+# --------------------------------------------------------------------------- the final model
+
+
+def final_model(oof: Mapping[str, float], n_folds: int) -> dict | None:
+    """Which final model the run's cross-fitted evidence supports, never the holdout.
+
+    Candidates with an out-of-fold score: ``folds`` (the fold students' averaged predictions,
+    ``pipeline.final=folds``): the distilled student's OOF log loss (with swap-TTA when
+    scored) bounds it, since a log loss is convex in the probabilities and the average of K
+    fold models on unseen rows scores no worse than their mean (Jensen); every baseline (OOF)
+    and a stacker (``stacked``, cross-fitted) when the run has one. The merge (and a student
+    refitted on all rows) has no OOF score of its own: every cv row trained some of its folds,
+    so only the holdout could show what the merge kept, and the report's warnings do that.
+    The recommendation is the candidate with the lowest OOF log loss; ``folds`` costs
+    ``n_folds`` forward passes per row (``make plan``: ``stages.plan`` with
+    ``pipeline.final=folds``)."""
+    students = sorted(
+        n
+        for n in oof
+        if n.startswith("student/") and not n.endswith((TTA_SUFFIX, "+ts", "_ce_only"))
+    )
+    if not students:
+        return None
+    student = students[0]
+    evidence = {"folds": oof.get(student + TTA_SUFFIX, oof[student])}
+    for name, value in oof.items():
+        if name.startswith("baseline/") and not name.endswith(TTA_SUFFIX):
+            evidence[name] = value
+    for name in ("stacked", "stacked" + TTA_SUFFIX):
+        if name in oof:
+            evidence[name] = oof[name]
+    best = min(evidence, key=lambda k: evidence[k])
+    return {
+        "recommended": best,
+        "evidence": {k: float(v) for k, v in sorted(evidence.items(), key=lambda kv: kv[1])},
+        "student": student,
+        "inference_passes": {"merge": 1, "folds": int(n_folds)},
+    }

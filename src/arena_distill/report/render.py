@@ -52,6 +52,27 @@ def section_warnings(m: Mapping, *, plots: bool) -> Section:
     return s
 
 
+def section_final_model(m: Mapping, *, plots: bool) -> Section:
+    """The final model the OOF evidence supports (``final_model``); none: empty."""
+    s = Section()
+    fm = m.get("final_model")
+    if not fm:
+        return s
+    s.h("Final model (out-of-fold evidence only)")
+    passes = fm["inference_passes"]
+    s.p(
+        f"Recommended: **{fm['recommended']}**, the lowest out-of-fold log loss among the "
+        f"finals that have one. `folds` is the fold students' averaged predictions "
+        f"(`pipeline.final=folds`, {passes['folds']} forward passes per row against the "
+        f"merge's {passes['merge']}); its score is `{fm['student']}`'s OOF, which the average "
+        "of the folds does not exceed (a log loss is convex). The merge has no out-of-fold "
+        "score (every cv row trained some of its folds): only the holdout shows what it kept, "
+        "never used to choose here."
+    )
+    s.table(["final", "OOF log loss"], [[k, f"{v:.4f}"] for k, v in fm["evidence"].items()])
+    return s
+
+
 def section_prior(m: Mapping, *, plots: bool) -> Section:
     s = Section()
     prior = m.get("prior_log_loss")
@@ -404,6 +425,7 @@ def section_training_logs(m: Mapping, *, plots: bool) -> Section:
 SECTIONS = (
     section_intro,
     section_warnings,
+    section_final_model,
     section_prior,
     section_oof,
     section_tta,

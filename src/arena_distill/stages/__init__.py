@@ -23,4 +23,6 @@ STAGES: dict[str, str] = {
     "report": "arena_distill.stages.report",
     # not a pipeline step: the projected prediction time (arena-distill plan / make plan)
     "plan": "arena_distill.stages.plan",
+    # pipeline.final=folds: the fold students' averaged predictions (after the per-fold predicts)
+    "ensemble": "arena_distill.stages.ensemble",
 }

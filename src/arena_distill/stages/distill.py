@@ -8,7 +8,10 @@ and, for every teacher of ``pipeline.teachers``, its logit dump
 For fold k the student's training rows are fold k's training rows, each joined by id with each
 teacher's fold-k logits on the same orientation: a swapped training row uses the teacher's
 logits on the swapped input, or the original logits mirrored (A and B exchanged) when only the
-original orientation was dumped. A training id without a teacher logit is an error.
+original orientation was dumped. A training id without a teacher logit is an error. A teacher named ``baseline/<name>`` is a
+classical baseline whose dump (``<logits_dir>/baseline/<name>/``, ``dump_logits`` with
+``stages.dump_logits.baseline``) has the same layout: fold k's training rows scored by the
+baseline fitted on them.
 
 With ``stages.distill.pseudo_dir`` (the pseudo_label stage's output; ``make pipeline
 UNLABELLED=...`` sets it) every fold also trains on the kept pseudo-labelled rows, in the same
@@ -31,6 +34,7 @@ from omegaconf import DictConfig
 
 from arena_distill import fingerprint
 from arena_distill import settings as config
+from arena_distill.baselines import dump_overrides
 from arena_distill.config import hydra_app
 from arena_distill.crossval import run_folds
 from arena_distill.data.swap import mirror_probs
@@ -89,7 +93,7 @@ def teacher_fields(
                     raise StageInputError(
                         f"teacher {teacher!r} has no logits for training id {rid!r} of fold "
                         f"{fold} ({'swapped' if swapped else 'original'} orientation); rerun "
-                        f"`arena-distill dump_logits model={teacher}` on the current data"
+                        f"`arena-distill dump_logits {' '.join(dump_overrides(teacher))}` on the current data"
                     )
                 logits.append(value.tolist())
             return {"teacher_logits": logits, **flag}

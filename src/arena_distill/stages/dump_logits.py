@@ -9,6 +9,11 @@ orientation (not mirrored: a swapped training row of the student is matched with
 logits on the same swapped input), plus ``manifest.json`` (its outputs include the
 prediction ``throughput``: rows in every orientation, non-pad tokens, seconds of prediction).
 The forward passes run on the inference engine (``arena_distill.inference``).
+
+With ``stages.dump_logits.baseline: <name>`` (a teacher named ``baseline/<name>`` in
+``pipeline.teachers``) the teacher is a classical baseline instead: for every fold fitted on
+that fold's training rows (``stages.baselines``' knobs), its log-probabilities written in the
+same layout, on the same rows and orientations; no model or adapter is read.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from arena_distill import faults, fingerprint
 from arena_distill import settings as config
+from arena_distill.baselines import fold_logit_table
 from arena_distill.config import hydra_app
 from arena_distill.crossval import oof_logits
 from arena_distill.data.folds import split_by_fold
@@ -47,8 +53,51 @@ BLOCKS = ("model", "prompt", "stages.dump_logits", "stages.teacher", *fingerprin
 TEACHER_BLOCKS = ("model", "prompt", "stages.teacher", *fingerprint.DATA_SPLIT)
 
 
+def run_baseline(cfg: DictConfig, settings: config.DumpLogitsSettings) -> Path:
+    """A classical baseline as a teacher (``stages.dump_logits.baseline``): per fold, fitted on
+    the fold's training rows and scoring the rows a model teacher's fold would score, in the
+    same ``logits.parquet`` layout (``baselines.fold_logit_table``)."""
+    baselines = config.stage(cfg, "baselines")
+    run_data = load_run_data(cfg)
+    out_dir = Path(settings.out_dir)
+    timer = StageTimer()
+    table = fold_logit_table(
+        settings.baseline,
+        run_data.labelled,
+        run_data.folds,
+        run_data.n_folds,
+        in_sample=settings.in_sample,
+        out_of_fold=settings.out_of_fold,
+        orientations=[ORIENTATIONS[o] for o in settings.orientations],
+        c=baselines.c,
+        max_features=baselines.max_features,
+        ngram_max=baselines.ngram_max,
+        seed=int(cfg.seed),
+    )
+    timer.lap("fit_predict")
+    if is_main_process():
+        with atomic_dir(out_dir) as tmp:
+            table.to_parquet(tmp / "logits.parquet", index=False)
+            write_manifest(
+                tmp,
+                stage="dump_logits",
+                config={
+                    "baseline": settings.baseline,
+                    "baselines": config.to_dict(baselines),
+                    "stage": config.to_dict(settings),
+                },
+                inputs=run_data.files,
+                outputs={"rows": len(table), "folds": run_data.n_folds},
+                timer=timer,
+            )
+    log.info("%d logits of baseline %s written to %s", len(table), settings.baseline, out_dir)
+    return out_dir
+
+
 def run(cfg: DictConfig) -> Path:
     settings = config.stage(cfg, "dump_logits")
+    if settings.baseline is not None:
+        return run_baseline(cfg, settings)
     teacher = config.stage(cfg, "teacher")
     teacher_dir = require_stage_output(teacher.out_dir, stage="teacher")
     out_dir = Path(settings.out_dir)

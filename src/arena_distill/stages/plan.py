@@ -7,7 +7,9 @@ rows with the ``model`` config's tokenizer and the prompt config at the longest 
 truncation is symmetric in A and B). ``rows`` scales them to a test set's size. The FLOPs come
 from the architecture (``stages.plan.architecture``, else ``model.name_or_path``: a folder's
 ``config.json`` or a shipped hub id), the device's rate from ``planner.DEVICES``, the budget and
-batching from ``stages.predict``.
+batching from ``stages.predict``. With ``pipeline.final: folds`` the final model is the
+``data.folds.n_folds`` fold students averaged: every row is predicted once per fold, and the
+projection counts that work (``plan.json["models"]``).
 
 Writes ``stages.plan.out_dir`` (default ``${run_dir}/plan/``): ``plan.json`` (every
 (max_length, TTA) plan with its FLOPs, padding and projected time, the chosen one, the device
@@ -88,6 +90,8 @@ def run(cfg: DictConfig) -> Path:
     lengths = row_lengths(cfg, settings, lengths_at[0])
     n = len(lengths[False])
     scale = settings.rows / n if settings.rows else 1.0
+    # pipeline.final=folds: every fold's student predicts every row (n_folds forward passes)
+    n_models = config.data(cfg).folds.n_folds if config.pipeline(cfg).final == "folds" else 1
     budget = budget_seconds(predict.time_budget_hours, predict.time_budget_safety)
     rows = planner.project(
         lengths,
@@ -99,7 +103,7 @@ def run(cfg: DictConfig) -> Path:
         max_tokens=predict.max_tokens_per_batch,
         budget_s=budget,
         fixed_seconds=settings.fixed_seconds,
-        scale=scale,
+        scale=scale * n_models,
     )
     chosen = planner.choose(rows)
     header = (
@@ -109,6 +113,12 @@ def run(cfg: DictConfig) -> Path:
         f"{settings.n_devices} x {device.name} at {device.flops_per_s / 1e12:.2f} TFLOP/s each; "
         f"budget {budget / 3600:.2f} h (time_budget_hours x safety), fixed "
         f"{settings.fixed_seconds:.0f} s, batch {predict.batch_size}"
+        + (
+            f"; final model: the {n_models} fold students averaged (pipeline.final=folds), "
+            f"{n_models} forward passes per row"
+            if n_models > 1
+            else ""
+        )
     )
     table = planner.render(rows, chosen, header)
     print(table)
@@ -131,6 +141,7 @@ def run(cfg: DictConfig) -> Path:
             rows_given=n,
             budget_s=budget,
             batch_size=predict.batch_size,
+            models=n_models,
         )
         write_json(tmp / "plan.json", data)
         (tmp / "plan.txt").write_text(table + "\n")

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from arena_distill import fingerprint
 from arena_distill import settings as config
+from arena_distill.baselines import baseline_of
 from arena_distill.config import hydra_app
 from arena_distill.data.dedup import dedup_against
 from arena_distill.data.schema import DataError
@@ -126,6 +127,12 @@ def run(cfg: DictConfig) -> Path:
     settings = config.stage(cfg, "pseudo_label")
     teacher_settings = config.stage(cfg, "teacher")
     teachers = config.pipeline(cfg).teachers
+    classical = [t for t in teachers if baseline_of(t) is not None]
+    if classical:
+        raise config.ConfigError(
+            f"pipeline.teachers: {classical} are classical teachers; pseudo_label scores the "
+            "pool with trained teachers only (drop data.unlabelled or the baseline teachers)"
+        )
     out_dir = Path(settings.out_dir)
     run_data = load_run_data(cfg)
     timer = StageTimer()

@@ -1,0 +1,67 @@
+"""The fold students' averaged predictions (pipeline.final=folds) and the report's choice of
+the final model from out-of-fold evidence only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from arena_distill.ensemble import average_predictions
+from arena_distill.layout import FINAL_COLS, PROB_COLS, TTA_PROB_COLS
+from arena_distill.report.metrics import final_model
+
+
+def _table(ids, probs, *, label=None, tta=True) -> pd.DataFrame:
+    df = pd.DataFrame({"id": ids})
+    if label is not None:
+        df["label"] = label
+    df[list(PROB_COLS)] = probs
+    if tta:
+        df[list(TTA_PROB_COLS)] = probs[:, ::-1]
+    df[list(FINAL_COLS)] = probs
+    return df
+
+
+def test_the_average_is_per_id_whatever_the_row_order():
+    a = np.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    b = np.array([[0.2, 0.7, 0.1], [0.4, 0.4, 0.2]])
+    t0 = _table(["x", "y"], a, label=[0, 2])
+    t1 = _table(["y", "x"], b[::-1], label=[2, 0])  # same ids, other order
+    out = average_predictions([t0, t1])
+    assert out["id"].tolist() == ["x", "y"] and out["label"].tolist() == [0, 2]
+    np.testing.assert_array_equal(out[list(FINAL_COLS)].to_numpy(), (a + b) / 2)
+    np.testing.assert_array_equal(out[list(PROB_COLS)].to_numpy(), (a + b) / 2)
+    np.testing.assert_array_equal(out[list(TTA_PROB_COLS)].to_numpy(), ((a + b) / 2)[:, ::-1])
+    assert (out["n_models"] == 2).all()
+
+
+def test_tables_that_do_not_match_are_refused():
+    p = np.full((2, 3), 1 / 3)
+    with pytest.raises(ValueError, match="same ids"):
+        average_predictions([_table(["x", "y"], p), _table(["x", "z"], p)])
+    with pytest.raises(ValueError, match="no prediction tables"):
+        average_predictions([])
+    # a block only some tables hold is left out; the submitted one is required
+    out = average_predictions([_table(["x", "y"], p), _table(["x", "y"], p, tta=False)])
+    assert not set(TTA_PROB_COLS) & set(out.columns)
+
+
+def test_the_final_model_is_chosen_by_oof_evidence_only():
+    oof = {
+        "teacher/t": 0.90,
+        "student/s": 1.00,
+        "student/s+tta": 0.98,
+        "student/s_ce_only": 0.80,  # the ablation is not the final model
+        "baseline/prior": 1.09,
+        "baseline/tfidf_lr": 1.01,
+        "baseline/tfidf_lr+tta": 0.5,  # (never written by the baselines; ignored if it were)
+    }
+    fm = final_model(oof, 3)
+    assert fm["recommended"] == "folds" and fm["student"] == "student/s"
+    assert fm["evidence"] == {"folds": 0.98, "baseline/tfidf_lr": 1.01, "baseline/prior": 1.09}
+    assert fm["inference_passes"] == {"merge": 1, "folds": 3}
+    # a baseline (or a stacker) with a lower OOF log loss is the recommendation
+    worse = {**oof, "student/s+tta": 1.05, "stacked": 0.97}
+    assert final_model(worse, 3)["recommended"] == "stacked"
+    assert final_model({"teacher/t": 0.9}, 3) is None
