@@ -65,6 +65,9 @@ PLACE_KEYS = frozenset(
 )
 # dotted keys left out besides those: which folds a run trains does not change a fold
 SKIPPED = frozenset({"stages.teacher.folds", "stages.distill.folds", "data.folds.overwrite"})
+# keys a block holds that its outputs do not depend on: the pool (data.unlabelled) is the
+# pseudo_label stage's alone, so a new pool leaves the data stage and every teacher fresh
+NOT_IN_BLOCK: dict[str, tuple[str, ...]] = {"data": ("unlabelled",)}
 VERBS = {"pretrain": "trained", "teacher": "trained", "distill": "trained", "dump_logits": "dumped"}
 _MISSING = object()
 
@@ -115,6 +118,8 @@ def settings(cfg: DictConfig, blocks: Sequence[str], **given: Any) -> dict[str, 
             value = OmegaConf.select(cfg, block, throw_on_missing=False)
             if OmegaConf.is_config(value):
                 value = OmegaConf.to_container(value, resolve=True)
+        if isinstance(value, Mapping) and block in NOT_IN_BLOCK:
+            value = {k: v for k, v in value.items() if k not in NOT_IN_BLOCK[block]}
         flatten(block, value, out, run_dir)
     return out
 
