@@ -60,7 +60,11 @@ def test_buckets_apply_only_where_shapes_compile():
     assert effective_length_buckets(cfg, "flex_attention") == [128, 256, 512]
     assert effective_length_buckets(cfg, "eager") is None
     assert effective_length_buckets(cfg, "sdpa") is None
-    assert effective_length_buckets({**cfg, "torch_compile": True}, "sdpa") == [128, 256, 512]
+    compiled = {**cfg, "torch_compile": True}
+    assert effective_length_buckets(compiled, "sdpa", "cuda:0") == [128, 256, 512]
+    assert effective_length_buckets(compiled, "sdpa", "cpu") is None  # not compiled there
+    forced = {**cfg, "torch_compile": "force"}
+    assert effective_length_buckets(forced, "sdpa", "cpu") == [128, 256, 512]
     assert effective_length_buckets({"length_buckets": None}, "flex_attention") is None
 
 
@@ -167,3 +171,29 @@ def test_flex_attention_keeps_gemma2_softcapping_on_cpu(tiny):
     np.testing.assert_allclose(flex, eager, atol=1e-4, rtol=1e-4)
     sdpa = capped_logits(tiny, "sdpa", seqs, batch_size=4)
     assert np.abs(sdpa - eager).max() > 100 * np.abs(flex - eager).max()
+
+
+def test_a_built_model_carries_its_buckets_to_the_engines(tiny, tmp_path):
+    from arena_distill.collate import batch_buckets
+    from arena_distill.settings import TrainSettings
+    from arena_distill.train import fit, make_examples
+
+    flex, _ = build_model(
+        model_cfg(tiny, "gemma2", attn_implementation="flex_attention", length_buckets=[64, 32])
+    )
+    assert batch_buckets(flex) == [32, 64]  # through the PeftModel
+    model, tok = build_model(model_cfg(tiny, "gemma2", length_buckets=[64, 32]))
+    assert batch_buckets(model) is None  # eager: no compile, no rounding
+    model.get_base_model().length_buckets = [32, 64]  # what flex would get, without compiling
+    seqs = sequences(8, seed=3)
+    ids = [str(k) for k in range(8)]
+    enc = {(r, s): seqs[k] for k, r in enumerate(ids) for s in (False, True)}
+    examples = make_examples(ids, [k % 3 for k in range(8)], enc, swap="none")
+    settings = TrainSettings(
+        global_batch_size=4, per_device_batch_size=4, max_steps=2, warmup_steps=0, swap="none"
+    )
+    result = fit(model, tok, examples, None, settings, tmp_path)
+    assert result.collator.buckets == [32, 64]
+    # two batches of 4 rows, each 32 or 64 wide
+    assert result.collator.padded_tokens in (2 * 4 * 32, 4 * 32 + 4 * 64, 2 * 4 * 64)
+    assert result.collator.real_tokens == sum(len(s) for s in seqs)

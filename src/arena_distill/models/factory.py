@@ -137,13 +137,18 @@ def resolve_attn_implementation(model_cfg: Mapping[str, Any], device: str | torc
     return default_attention(model_cfg["family"], device, softcapping)
 
 
-def effective_length_buckets(model_cfg: Mapping[str, Any], attention: str) -> list[int] | None:
-    """``model.length_buckets`` sorted, when batch shapes matter (a compiling attention kernel
-    or ``torch_compile``); None otherwise, so eager / sdpa / FlashAttention pay no padding."""
+def effective_length_buckets(
+    model_cfg: Mapping[str, Any], attention: str, device: str | torch.device = "cuda"
+) -> list[int] | None:
+    """``model.length_buckets`` sorted, when batch shapes matter (a compiling attention kernel,
+    or ``torch_compile`` where it compiles: :func:`maybe_compile`); None otherwise, so eager /
+    sdpa / FlashAttention pay no padding."""
     buckets = model_cfg.get("length_buckets")
     if not buckets:
         return None
-    if attention in COMPILED_ATTENTION or model_cfg.get("torch_compile"):
+    flag = model_cfg.get("torch_compile")
+    compiles = flag == "force" or (bool(flag) and torch.device(device).type == "cuda")
+    if attention in COMPILED_ATTENTION or compiles:
         out = sorted({int(b) for b in buckets})
         allow_recompiles(len(out))
         return out
@@ -240,7 +245,9 @@ def load_base_model(
     if quant is None:
         model.to(device)
     # read by the engines (collate.batch_buckets): the widths batches are padded to
-    model.length_buckets = effective_length_buckets(model_cfg, kwargs["attn_implementation"])
+    model.length_buckets = effective_length_buckets(
+        model_cfg, kwargs["attn_implementation"], device
+    )
     if model_cfg.get("liger_kernel"):
         apply_liger_kernel(model, device)
     # Without pad_token_id the classifier cannot find the last real token of a padded batch.
