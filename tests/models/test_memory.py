@@ -238,3 +238,15 @@ def test_fit_resolves_auto_on_cpu(tiny, tmp_path):
     assert result.trainer.args.per_device_train_batch_size == 8
     assert result.trainer.args.gradient_accumulation_steps == 1
     assert not model.get_base_model().is_gradient_checkpointing
+
+
+@pytest.mark.gpu
+def test_plan_reads_the_cuda_device(tiny):
+    """On a GPU: the free memory is read, and a tiny model fits the whole step unchecked."""
+    model, _ = tiny_model(tiny)
+    model.to("cuda:0")
+    settings = TrainSettings(global_batch_size=16, per_device_batch_size="auto")
+    resolved, p = plan_memory(model, examples(), settings, "auto")
+    assert p.device.startswith("cuda") and p.available_bytes > 0
+    assert (p.checkpointing, p.micro_batch) == (False, 16)
+    assert resolved.per_device_batch_size == 16
