@@ -68,8 +68,11 @@ def test_values_of_the_wrong_type_are_refused():
         build(TrainSettings, {"epochs": "2"})
     with pytest.raises(ConfigError, match="keep_best: expected true or false"):
         build(TrainSettings, {"keep_best": 1})
-    with pytest.raises(ConfigError, match="per_device_batch_size: expected an integer"):
+    with pytest.raises(ConfigError, match="per_device_batch_size: 2.5 fits no type"):
         build(TrainSettings, {"per_device_batch_size": 2.5})
+    with pytest.raises(ConfigError, match="per_device_batch_size must be an integer or auto"):
+        build(TrainSettings, {"per_device_batch_size": "largest"})
+    assert build(TrainSettings, {"per_device_batch_size": "auto"}).per_device_batch_size == "auto"
     with pytest.raises(ConfigError, match="betas: expected 2 values"):
         build(TrainSettings, {"betas": [0.9]})
 

@@ -157,6 +157,7 @@ def train_fold(
         loss_fn=loss_fn,
         callbacks=[*callbacks, *tracking.callbacks],
         report_to=tracking.report_to,
+        gradient_checkpointing=cfg.model.get("gradient_checkpointing", False),
     )
     timer.lap("train")
     trainer = result.trainer

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from arena_distill import faults
-from arena_distill.collate import pad_right
+from arena_distill.collate import batch_buckets, bucket_length, pad_right
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,19 @@ def resolve_devices(spec: Any) -> list[str]:
     return devices
 
 
-def make_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[np.ndarray]:
+def make_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    max_tokens: int,
+    buckets: Sequence[int] | None = None,
+) -> list[np.ndarray]:
     """Indices of ``lengths`` grouped into batches, longest rows first.
 
-    Each batch has at most ``batch_size`` rows and ``len(batch) * max(length) <= max_tokens``
-    (padded positions), except a row longer than ``max_tokens`` alone. Every index appears in
-    exactly one batch. Longest first: an out-of-memory shows at once, and the throughput
-    measured on the first batches is a conservative one.
+    Each batch has at most ``batch_size`` rows and ``len(batch) * width <= max_tokens``
+    (padded positions; width: the longest row, rounded up to a bucket with ``buckets``), except
+    a row longer than ``max_tokens`` alone. Every index appears in exactly one batch. Longest
+    first: an out-of-memory shows at once, and the throughput measured on the first batches is
+    a conservative one.
     """
     if batch_size < 1 or max_tokens < 1:
         raise ValueError(f"batch_size and max_tokens must be >= 1, got {batch_size}, {max_tokens}")
@@ -72,17 +78,23 @@ def make_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> li
     batches: list[np.ndarray] = []
     start = 0
     while start < len(order):
-        longest = int(lengths[order[start]])  # descending: the first row is the longest
+        # descending: the first row is the longest
+        longest = bucket_length(int(lengths[order[start]]), buckets)
         n = min(batch_size, max(1, max_tokens // max(longest, 1)), len(order) - start)
         batches.append(order[start : start + n])
         start += n
     return batches
 
 
-def padded_tokens(lengths: Sequence[int], batches: Sequence[np.ndarray]) -> int:
-    """Positions computed for ``batches`` (rows × longest row, summed)."""
+def padded_tokens(
+    lengths: Sequence[int], batches: Sequence[np.ndarray], buckets: Sequence[int] | None = None
+) -> int:
+    """Positions computed for ``batches`` (rows × width, summed; width: the longest row,
+    rounded up to a bucket with ``buckets``)."""
     lengths = np.asarray(lengths, dtype=np.int64)
-    return int(sum(len(b) * int(lengths[b].max()) for b in batches if len(b)))
+    return int(
+        sum(len(b) * bucket_length(int(lengths[b].max()), buckets) for b in batches if len(b))
+    )
 
 
 @dataclass
@@ -96,6 +108,7 @@ class BatchRun:
     batches: int = 0
     oom_splits: int = 0  # batches split in two after an out-of-memory error
     failed_rows: int = 0  # rows that ran out of memory alone: their logits stay NaN
+    buckets: list[int] | None = None  # widths batches were padded to (None: longest row)
 
     @property
     def tokens_per_s(self) -> float:
@@ -124,27 +137,32 @@ def predict_logits(
     desc: str = "predict",
     max_batches: int | None = None,
     position: int = 0,
+    length_buckets: Sequence[int] | None = None,
 ) -> BatchRun:
     """Logits of ``model`` on every sequence, in input order (float32, shape (N, 3)).
 
     Length-sorted dynamic batches (``make_batches``; ``max_tokens`` defaults to ``batch_size``
     × the longest sequence). ``max_batches`` stops early (throughput measurement); rows not
-    reached are left NaN.
+    reached are left NaN. Batch widths are rounded up to ``length_buckets`` (default: the
+    model's, ``collate.batch_buckets``; set when its kernels compile once per shape); the
+    padding is masked and every row is pooled at its own last token, so the logits are the same.
     """
     n = len(sequences)
     out = np.full((n, 3), np.nan, dtype=np.float32)
     if n == 0:
         return BatchRun(out)
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=n)
+    buckets = length_buckets if length_buckets is not None else batch_buckets(model)
     if max_tokens is None:
-        max_tokens = batch_size * int(lengths.max())
-    batches = make_batches(lengths, batch_size, max_tokens)
+        max_tokens = batch_size * bucket_length(int(lengths.max()), buckets)
+    batches = make_batches(lengths, batch_size, max_tokens, buckets)
     if max_batches is not None:
         batches = batches[:max_batches]
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
     run = BatchRun(out)
+    run.buckets = list(buckets) if buckets else None
     from tqdm.auto import tqdm
 
     bar = tqdm(
@@ -181,7 +199,7 @@ def _forward(model, sequences, batch: np.ndarray, pad_token_id: int, device, run
     the run. A single row that does not fit keeps NaN logits (``run.failed_rows``): the caller
     falls back for it (``predict.predict_rows`` gives it the class prior)."""
     try:
-        ids, mask = pad_right([sequences[i] for i in batch], pad_token_id)
+        ids, mask = pad_right([sequences[i] for i in batch], pad_token_id, buckets=run.buckets)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         run.logits[batch] = logits.float().cpu().numpy()
         run.tokens += int(lengths[batch].sum())
@@ -237,8 +255,13 @@ def measure_throughput(
     }
     if flops is not None and len(sequences):
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-        budget = max_tokens if max_tokens is not None else batch_size * int(lengths.max())
-        batches = make_batches(lengths, batch_size, budget)[:timed]
+        buckets = batch_buckets(model)
+        budget = max_tokens
+        if budget is None:
+            budget = batch_size * bucket_length(int(lengths.max()), buckets)
+        batches = make_batches(lengths, batch_size, budget, buckets)[:timed]
+        # work at the rows' own longest length: bucket padding is part of the measured rate,
+        # as the guard counts work (predict.plan_work) without buckets
         work = sum(len(b) * float(flops(int(lengths[b].max()))) for b in batches)
         out["flops_per_s"] = work / run.seconds if run.seconds > 0 else 0.0
     return out

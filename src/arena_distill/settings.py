@@ -185,10 +185,33 @@ class ModelSettings:
     softcapping: bool | None = None
     head: str = "linear"  # linear | mlp (2nd place)
     head_dropout: float = 0.1
-    gradient_checkpointing: bool = False
+    # true | false | auto: from the device's free memory and an estimate of the activations
+    # (models.memory.plan_micro_batch, decided when training starts); on CPU: off
+    gradient_checkpointing: bool | str = False
     quantization: QuantizationSettings | None = None
     lora: LoraSettings | None = None
     config_overrides: dict | None = None  # config.json keys changed on load
+    # batch lengths rounded up to the smallest of these (training collator and inference
+    # engine) when the attention kernel compiles per shape (flex_attention, torch_compile);
+    # null: never rounded
+    length_buckets: list[int] | None = None
+    torch_compile: bool | str = False  # true: compile the backbone on CUDA; force: also on CPU
+    liger_kernel: bool = False  # Liger's Triton kernels for the backbone (CUDA only; extra gpu)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.gradient_checkpointing, str) and self.gradient_checkpointing != "auto":
+            raise ConfigError(
+                f"model.gradient_checkpointing must be true, false or auto, "
+                f"got {self.gradient_checkpointing!r}"
+            )
+        if isinstance(self.torch_compile, str) and self.torch_compile != "force":
+            raise ConfigError(
+                f"model.torch_compile must be true, false or force, got {self.torch_compile!r}"
+            )
+        if self.length_buckets is not None and (
+            not self.length_buckets or any(b < 1 for b in self.length_buckets)
+        ):
+            raise ConfigError(f"model.length_buckets must be positive, got {self.length_buckets}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +267,7 @@ class TrainSettings:
     lr: float = 1e-5
     head_lr: float | None = None  # the classification head's own rate (None: lr)
     global_batch_size: int = 64
-    per_device_batch_size: int = 1
+    per_device_batch_size: int | str = 1  # auto: the largest that fits (models.memory)
     per_device_eval_batch_size: int = 8
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.0
@@ -261,8 +284,16 @@ class TrainSettings:
     bf16: str | bool = "auto"  # auto: on CUDA devices that support it
     save_total_limit: int = 2
     extra: dict = field(default_factory=dict)  # extra TrainingArguments (deepspeed, fsdp, ...)
+    # padding-free training: a micro-batch's rows concatenated into one sequence (position ids
+    # restarting per row, attention kept within each row), each pooled at its own last token
+    packing: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.per_device_batch_size, str) and self.per_device_batch_size != "auto":
+            raise ConfigError(
+                f"per_device_batch_size must be an integer or auto, got "
+                f"{self.per_device_batch_size!r}"
+            )
         if self.swap not in SWAP_MODES:
             raise ConfigError(f"swap must be one of {SWAP_MODES}, got {self.swap!r}")
         self.betas = tuple(self.betas)

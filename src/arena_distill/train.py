@@ -26,11 +26,12 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from arena_distill import faults
-from arena_distill.collate import PreferenceCollator
+from arena_distill.collate import PreferenceCollator, batch_buckets, bucket_length
 from arena_distill.losses import IGNORE_LABEL, LossFn, cross_entropy
 from arena_distill.metrics import classification_metrics, log_loss_from_logits
 from arena_distill.settings import SWAP_MODES, TrainSettings
@@ -153,8 +154,11 @@ class PreferenceTrainer(Trainer):
         super()._save_optimizer_and_scheduler(output_dir)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        self.trained_rows += int(inputs["input_ids"].shape[0])
-        self.trained_tokens += int(inputs["attention_mask"].sum())
+        self.trained_rows += int(inputs["labels"].shape[0])
+        if "last_index" in inputs:  # packed: the real tokens end at the last row's last token
+            self.trained_tokens += int(inputs["last_index"][-1]) + 1
+        else:
+            self.trained_tokens += int(inputs["attention_mask"].sum())
         return super().training_step(model, inputs, num_items_in_batch)
 
     def trained_counts(self) -> tuple[int, int]:
@@ -168,7 +172,15 @@ class PreferenceTrainer(Trainer):
         return int(total[0]), int(total[1])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        if "last_index" in inputs:  # packing: one concatenated row (collate.pack_rows)
+            from arena_distill.models.packing import packed_logits
+
+            logits = packed_logits(
+                model, inputs["input_ids"], inputs["position_ids"], inputs["last_index"]
+            )
+            outputs = SequenceClassifierOutput(logits=logits)
+        else:
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         loss_fn = self.loss_fn if model.training else cross_entropy
         loss = loss_fn(outputs.logits, inputs)
         return (loss, outputs) if return_outputs else loss
@@ -310,6 +322,8 @@ def training_arguments(
     has_eval: bool = True,
     report_to: Sequence[str] = (),
 ) -> TrainingArguments:
+    if settings.per_device_batch_size == "auto":
+        raise ValueError("per_device_batch_size=auto is resolved by fit (models.memory) first")
     per_step = settings.per_device_batch_size * max(1, world_size)
     if settings.swap == "full":  # a pair is two rows
         per_step *= 2
@@ -380,6 +394,8 @@ class TrainResult:
     # all processes together; with a resume, only what ran after the checkpoint
     trained_rows: int = 0
     trained_tokens: int = 0
+    # models.memory.MicroBatchPlan.to_dict() when checkpointing or the micro-batch was auto
+    memory_plan: dict | None = None
 
     @property
     def padding_share(self) -> float:
@@ -397,14 +413,28 @@ def fit(
     loss_fn: LossFn = cross_entropy,
     callbacks: Sequence[TrainerCallback] = (),
     report_to: Sequence[str] = (),
+    gradient_checkpointing: bool | str = False,
 ) -> TrainResult:
     """Train ``model`` (a LoRA model from ``models.factory.build_model``), resuming from the
     newest checkpoint in ``work_dir`` when there is one (a killed run restarted with the same
     command continues where it stopped). ``report_to``: transformers' logging integrations
-    (wandb, mlflow); TensorBoard comes as a callback (``tracking_callbacks``)."""
+    (wandb, mlflow); TensorBoard comes as a callback (``tracking_callbacks``).
+
+    ``gradient_checkpointing``: the model setting; ``auto`` (or ``per_device_batch_size:
+    auto``) is decided here, on the longest training row and the device's memory
+    (:func:`plan_memory`); ``true`` / ``false`` were applied by ``build_model``. Batches are
+    padded to the model's length buckets (``collate.batch_buckets``), or packed into one row
+    with ``settings.packing``."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    collator = PreferenceCollator(pad_token_id=tokenizer.pad_token_id)
+    plan = None
+    if gradient_checkpointing == "auto" or settings.per_device_batch_size == "auto":
+        settings, plan = plan_memory(model, train_examples, settings, gradient_checkpointing)
+    collator = PreferenceCollator(
+        pad_token_id=tokenizer.pad_token_id,
+        buckets=batch_buckets(model),
+        packing=settings.packing,
+    )
     args = training_arguments(settings, work_dir, has_eval=bool(eval_examples), report_to=report_to)
     callbacks = [*callbacks, FaultPoints()] if faults.active() else list(callbacks)
     trainer = PreferenceTrainer(
@@ -423,7 +453,46 @@ def fit(
     trainer.train(resume_from_checkpoint=last)
     log.info("padding share of training batches: %.3f", collator.padding_share)
     rows, tokens = trainer.trained_counts()
-    return TrainResult(trainer, collator, last, list(trainer.state.log_history), rows, tokens)
+    history = list(trainer.state.log_history)
+    memory = plan.to_dict() if plan is not None else None
+    return TrainResult(trainer, collator, last, history, rows, tokens, memory)
+
+
+def plan_memory(
+    model, train_examples: Sequence[dict], settings: TrainSettings, checkpointing: bool | str
+):
+    """``(settings, plan)``: the micro-batch and checkpointing chosen by
+    ``models.memory.plan_micro_batch`` for the longest training row (rounded up to the model's
+    length buckets) on the model's device; checkpointing switched on in the model when chosen,
+    ``per_device_batch_size`` replaced by the chosen micro-batch when it was ``auto``. A
+    micro-batch divides the rows of one optimiser step on this process, so the optimisation is
+    the same whichever is chosen."""
+    import dataclasses
+
+    from arena_distill.models import memory
+    from arena_distill.models.factory import GC_KWARGS
+
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    per_example = 2 if settings.swap == "full" else 1  # a full-swap pair is two rows
+    longest = bucket_length(max(len(e["input_ids"]) for e in train_examples), batch_buckets(model))
+    device = next(model.parameters()).device
+    plan = memory.plan_micro_batch(
+        memory.model_memory_facts(model),
+        seq_len=longest,
+        rows_per_step=max(1, settings.global_batch_size // (world * per_example)),
+        rows_per_example=per_example,
+        device=device,
+        checkpointing=checkpointing,
+        micro_batch=settings.per_device_batch_size,
+        packed=settings.packing,
+    )
+    log.info(memory.describe(plan))
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if plan.checkpointing and not inner.is_gradient_checkpointing:
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=GC_KWARGS)
+    if settings.per_device_batch_size == "auto":
+        settings = dataclasses.replace(settings, per_device_batch_size=plan.micro_batch)
+    return settings, plan
 
 
 @dataclass

@@ -125,7 +125,8 @@ def test_pad_falls_back_to_eos(tiny, tmp_path):
         ((7, 5), True, "gemma2", "eager"),  # Kaggle's T4: no FlashAttention-2 on sm75
         ((7, 5), False, "llama", "sdpa"),
         ((8, 0), True, "gemma2", "flash_attention_2"),  # A100+: FA2 keeps the softcapping
-        ((8, 0), False, "gemma2", "eager"),  # never sdpa with softcapping
+        ((8, 0), False, "gemma2", "flex_attention"),  # never sdpa with softcapping
+        ((9, 0), False, "llama", "sdpa"),  # no softcapping: sdpa, faster than flex
         ((9, 0), True, "llama", "flash_attention_2"),
     ],
 )

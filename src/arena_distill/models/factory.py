@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,36 +76,94 @@ def load_tokenizer(model_cfg: Mapping[str, Any]) -> PreTrainedTokenizerBase:
 
 
 # Model families with attention-logit softcapping, which sdpa silently drops in transformers
-# 5.17 (Gemma-2's logits then differ by ~0.2): they never get sdpa.
+# 5.17 (Gemma-2's logits then differ by ~0.2): they never get sdpa while softcapping is on.
 SOFTCAP_FAMILIES = ("gemma2",)
+# kernels that compile per input shape: batch lengths are rounded up to model.length_buckets
+COMPILED_ATTENTION = ("flex_attention",)
 
 
-def default_attention(family: str, device: str | torch.device) -> str:
-    """The attention kernel for a model family (``model_type``) on ``device``: the one rule.
+def attention_rule(
+    family: str,
+    softcapping: bool,
+    capability: tuple[int, int] | None,
+    installed: Collection[str] = (),
+) -> str:
+    """The attention kernel for a model family: a pure function of what decides it.
 
-    FlashAttention-2 where it exists (installed, CUDA, compute capability >= 8), which supports
-    Gemma-2's softcapping; otherwise ``eager`` for the softcapping families (CPU, T4) and
-    ``sdpa`` for the other decoders and BERT."""
+    ``capability``: the CUDA device's compute capability, None on a CPU; ``installed``: the
+    optional kernel packages present (``flash_attn``). On sm80+ (A100, H100, H200):
+    FlashAttention-2 when installed (it keeps Gemma-2's softcapping), else ``flex_attention``
+    for a softcapping model (keeps the cap; 23.4k vs eager's 17.1k tokens/s on an H200) and
+    ``sdpa`` for the others. On a CPU and on a T4 (sm75: no FlashAttention-2, no Triton flex
+    kernel): ``eager`` while softcapping is on (the only built-in kernel that keeps it), else
+    ``sdpa``. BERT: ``sdpa``."""
     if family == "bert":
         return "sdpa"
+    capped = family in SOFTCAP_FAMILIES and softcapping
+    if capability is not None and capability[0] >= 8:
+        if "flash_attn" in installed:
+            return "flash_attention_2"
+        return "flex_attention" if capped else "sdpa"
+    return "eager" if capped else "sdpa"
+
+
+def device_capability(device: str | torch.device) -> tuple[int, int] | None:
+    """The CUDA compute capability of ``device``; None for a CPU (or without CUDA)."""
     dev = torch.device(device)
-    if (
-        importlib.util.find_spec("flash_attn") is not None
-        and dev.type == "cuda"
-        and torch.cuda.is_available()
-        and torch.cuda.get_device_capability(dev)[0] >= 8
-    ):
-        return "flash_attention_2"
-    return "eager" if family in SOFTCAP_FAMILIES else "sdpa"
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return tuple(torch.cuda.get_device_capability(dev))
+
+
+def installed_kernels() -> frozenset[str]:
+    """The optional attention-kernel packages importable here."""
+    return frozenset(n for n in ("flash_attn",) if importlib.util.find_spec(n) is not None)
+
+
+def default_attention(family: str, device: str | torch.device, softcapping: bool = True) -> str:
+    """The attention kernel for a model family (``model_type``) on ``device``: the one rule,
+    :func:`attention_rule` on this device and these packages."""
+    return attention_rule(family, softcapping, device_capability(device), installed_kernels())
 
 
 def resolve_attn_implementation(model_cfg: Mapping[str, Any], device: str | torch.device) -> str:
     """The attention kernel for ``model_cfg`` on ``device``: an explicit config value wins,
-    ``auto`` follows :func:`default_attention`."""
+    ``auto`` follows :func:`default_attention` (sdpa allowed for Gemma-2 only with
+    ``softcapping: false``)."""
     impl = str(model_cfg.get("attn_implementation") or "auto")
     if impl != "auto":
         return impl
-    return default_attention(model_cfg["family"], device)
+    softcapping = model_cfg.get("softcapping") is not False
+    return default_attention(model_cfg["family"], device, softcapping)
+
+
+def effective_length_buckets(
+    model_cfg: Mapping[str, Any], attention: str, device: str | torch.device = "cuda"
+) -> list[int] | None:
+    """``model.length_buckets`` sorted, when batch shapes matter (a compiling attention kernel,
+    or ``torch_compile`` where it compiles: :func:`maybe_compile`); None otherwise, so eager /
+    sdpa / FlashAttention pay no padding."""
+    buckets = model_cfg.get("length_buckets")
+    if not buckets:
+        return None
+    flag = model_cfg.get("torch_compile")
+    compiles = flag == "force" or (bool(flag) and torch.device(device).type == "cuda")
+    if attention in COMPILED_ATTENTION or compiles:
+        out = sorted({int(b) for b in buckets})
+        allow_recompiles(len(out))
+        return out
+    return None
+
+
+def allow_recompiles(n_buckets: int) -> None:
+    """Let dynamo compile every bucket's shape (training forward and backward, evaluation, the
+    last smaller batch): its default recompile limit (8 per function) would otherwise send
+    the later shapes to the slow fallback, as the H200 probe saw (../shared/gpu/README.md)."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    setattr(cfg, name, max(int(getattr(cfg, name)), 4 * n_buckets))
 
 
 def head_module(model: nn.Module) -> tuple[str, nn.Module]:
@@ -186,6 +244,12 @@ def load_base_model(
     )
     if quant is None:
         model.to(device)
+    # read by the engines (collate.batch_buckets): the widths batches are padded to
+    model.length_buckets = effective_length_buckets(
+        model_cfg, kwargs["attn_implementation"], device
+    )
+    if model_cfg.get("liger_kernel"):
+        apply_liger_kernel(model, device)
     # Without pad_token_id the classifier cannot find the last real token of a padded batch.
     model.config.pad_token_id = tokenizer.pad_token_id
     if model_cfg.get("head", "linear") == "mlp":
@@ -294,7 +358,8 @@ def build_model(
             raise ValueError("init_adapter is for training; use load_for_inference to evaluate")
         return model.eval(), tokenizer
     quantized = model_cfg.get("quantization") is not None
-    use_gc = bool(model_cfg.get("gradient_checkpointing", False))
+    # auto: decided when training starts, from the batch and the device's memory (train.fit)
+    use_gc = model_cfg.get("gradient_checkpointing", False) is True
     if quantized:
         if not model_cfg.get("lora"):
             raise ValueError("a 4-bit model can only be trained with LoRA (QLoRA)")
@@ -312,7 +377,53 @@ def build_model(
         raise ValueError("init_adapter needs a lora section in the model config")
     trainable, total = count_parameters(model)
     log.info("%s: %d trainable of %d parameters", model_cfg.get("name"), trainable, total)
+    maybe_compile(model, model_cfg, device)
     return model.train(), tokenizer
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The transformer under the classification head (``model.model``, ``bert``); under PEFT,
+    of the base model."""
+    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    return getattr(inner, inner.base_model_prefix)
+
+
+def maybe_compile(model: nn.Module, model_cfg: Mapping[str, Any], device) -> bool:
+    """``model.torch_compile``: ``torch.compile`` the backbone in place (``Module.compile``:
+    parameter names and state dicts unchanged; the head and the pooling stay eager). ``true``
+    compiles on CUDA only (on a CPU the compile time is not won back: it logs and skips);
+    ``force`` compiles on any device. Returns whether it compiled."""
+    flag = model_cfg.get("torch_compile", False)
+    if not flag:
+        return False
+    if torch.device(device).type != "cuda" and flag != "force":
+        log.warning(
+            "model.torch_compile=true is skipped on %s (torch_compile=force runs it)", device
+        )
+        return False
+    backbone(model).compile()
+    log.info("torch.compile: backbone of %s compiled on first use", model_cfg.get("name"))
+    return True
+
+
+def apply_liger_kernel(model: nn.Module, device: str | torch.device) -> None:
+    """``model.liger_kernel``: Liger's Triton kernels (RMSNorm, RoPE, gated MLP) patched into the
+    model's modules, before LoRA wraps them. CUDA only, and the optional ``liger-kernel``
+    package (``pip install arena-distill[gpu]``): anything else is a clear error."""
+    if torch.device(device).type != "cuda":
+        raise RuntimeError(
+            f"model.liger_kernel needs a CUDA device (Triton kernels); this model is on {device}: "
+            "set model.liger_kernel=false"
+        )
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise RuntimeError("model.liger_kernel needs the liger-kernel package (extra gpu)")
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    # classification: no language-model head, so no fused cross-entropy
+    _apply_liger_kernel_to_instance(
+        model=model, cross_entropy=False, fused_linear_cross_entropy=False
+    )
+    log.info("liger kernels applied to %s", type(model).__name__)
 
 
 def load_for_inference(
@@ -330,6 +441,7 @@ def load_for_inference(
     model, tokenizer = build_model(model_cfg, device=device, train=False)
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    maybe_compile(model, model_cfg, device)
     return model.eval(), tokenizer
 
 

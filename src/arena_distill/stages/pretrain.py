@@ -92,6 +92,7 @@ def run(cfg: DictConfig) -> Path:
         work,
         callbacks=tracking.callbacks,
         report_to=tracking.report_to,
+        gradient_checkpointing=cfg.model.get("gradient_checkpointing", False),
     )
     timer.lap("train")
     throughput = training_throughput(
