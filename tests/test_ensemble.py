@@ -36,6 +36,29 @@ def test_the_average_is_per_id_whatever_the_row_order():
     assert (out["n_models"] == 2).all()
 
 
+def test_the_ensemble_logits_are_the_log_of_the_mean_probability_per_orientation():
+    """What the stack stage reads as the final model's logits with pipeline.final=folds."""
+    from arena_distill.layout import LOGIT_COLS, SWAP_LOGIT_COLS
+
+    la = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    lb = np.array([[-1.0, 1.0, 0.0], [1.0, -2.0, 0.0]])
+    p = np.full((2, 3), 1 / 3)
+    t0, t1 = _table(["x", "y"], p), _table(["x", "y"], p)
+    t0[list(LOGIT_COLS)], t1[list(LOGIT_COLS)] = la, lb
+    t0[list(SWAP_LOGIT_COLS)], t1[list(SWAP_LOGIT_COLS)] = lb, la
+    out = average_predictions([t0, t1])
+
+    def softmax(z):
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    want = np.log((softmax(la) + softmax(lb)) / 2)
+    np.testing.assert_allclose(out[list(LOGIT_COLS)].to_numpy(), want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out[list(SWAP_LOGIT_COLS)].to_numpy(), want, rtol=0, atol=1e-12)
+    # without logits in every table, none are written
+    assert not set(LOGIT_COLS) & set(average_predictions([t0, _table(["x", "y"], p)]).columns)
+
+
 def test_tables_that_do_not_match_are_refused():
     p = np.full((2, 3), 1 / 3)
     with pytest.raises(ValueError, match="same ids"):

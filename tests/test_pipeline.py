@@ -243,7 +243,15 @@ def test_stale_inputs_refuse_a_stage_command_and_the_pipeline_reruns_them(chain)
         predict.run(compose([*after, "model=tiny_qwen2"]))
     records = run_pipeline(after)
     ran = [r["label"] for r in records if r["status"] == "ran"]
-    assert ran == ["merge", "quantize", "predict", "holdout merged", "holdout quantized", "report"]
+    assert ran == [
+        "merge",
+        "quantize",
+        "predict",
+        "holdout merged",
+        "holdout quantized",
+        "stack",
+        "report",
+    ]
 
 
 # --- a classical teacher (pipeline.teachers: [baseline/<name>]) -------------------------------
@@ -314,6 +322,7 @@ def test_a_baseline_teacher_end_to_end_on_the_tiny_demo(tmp_path):
     assert [r["label"] for r in again if r["status"] == "would_run"] == [
         "dump_logits baseline/tfidf_lr",
         "baselines",
+        "stack",  # reads the baselines' settings too
     ]
 
 

@@ -14,9 +14,24 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from arena_distill.layout import FINAL_COLS, PROB_COLS, TTA_PROB_COLS
+from arena_distill.layout import (
+    FINAL_COLS,
+    LOGIT_COLS,
+    PROB_COLS,
+    SWAP_LOGIT_COLS,
+    TTA_PROB_COLS,
+)
 
 AVERAGED = (PROB_COLS, TTA_PROB_COLS, FINAL_COLS)
+# logits of the ensemble: the log of the folds' mean probability in that orientation (a
+# log-probability is its own log-softmax), what the stack stage reads as the model's logits
+LOGITS_AVERAGED = (LOGIT_COLS, SWAP_LOGIT_COLS)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def average_predictions(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
@@ -39,6 +54,11 @@ def average_predictions(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
         if all(set(cols) <= set(t.columns) for t in aligned):
             mean = np.mean([t[list(cols)].to_numpy(dtype=np.float64) for t in aligned], axis=0)
             out[list(cols)] = mean
+    for cols in LOGITS_AVERAGED:
+        if all(set(cols) <= set(t.columns) for t in aligned):
+            probs = [_softmax(t[list(cols)].to_numpy(dtype=np.float64)) for t in aligned]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[list(cols)] = np.log(np.mean(probs, axis=0))
     if not set(FINAL_COLS) <= set(out.columns):
         raise ValueError(f"the tables do not all hold the submitted probabilities {FINAL_COLS}")
     out["n_models"] = len(tables)

@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 
 from arena_distill import fingerprint
 from arena_distill import settings as config
-from arena_distill.baselines import dump_overrides
+from arena_distill.baselines import baseline_of, dump_overrides
 from arena_distill.config import hydra_app
 from arena_distill.crossval import run_folds
 from arena_distill.data.swap import mirror_probs
@@ -52,6 +52,8 @@ Lookup = dict[tuple[int, str, bool], np.ndarray]
 # what a teacher dump records that a student's config can vouch for (its ``model`` block is
 # the student's, not the teacher's: the teacher's model is checked through its manifest id)
 DUMP_BLOCKS = ("prompt", "stages.dump_logits", "stages.teacher", *fingerprint.DATA_SPLIT)
+# a classical teacher's dump (baseline/<name>): the baselines' settings, not a model's
+BASELINE_DUMP_BLOCKS = ("stages.baselines", "seed", *fingerprint.DATA_SPLIT)
 
 
 def load_teacher_logits(logits_dir: Path, teacher: str, data_files: list[Path]) -> Lookup:
@@ -139,9 +141,10 @@ def run(cfg: DictConfig) -> Path:
     logits_dir = Path(settings.logits_dir)
     dumps = [logits_dir / t for t in teachers]
     accepted: list[str] = []
-    for dump in dumps:
+    for teacher, dump in zip(teachers, dumps, strict=True):
         require_stage_output(dump, stage="dump_logits", files=["logits.parquet"])
-        accepted += fingerprint.check_input(dump, cfg, DUMP_BLOCKS)
+        blocks = BASELINE_DUMP_BLOCKS if baseline_of(teacher) else DUMP_BLOCKS
+        accepted += fingerprint.check_input(dump, cfg, blocks)
     data_files = [] if accepted else run_data.files  # overwrite=true took them as they are
     lookups = {t: load_teacher_logits(logits_dir, t, data_files) for t in teachers}
     w = settings.weights

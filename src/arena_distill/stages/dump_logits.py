@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 # the settings a dump records (the teacher's budget is stages.teacher.max_length)
 BLOCKS = ("model", "prompt", "stages.dump_logits", "stages.teacher", *fingerprint.DATA_SPLIT)
+# the settings a classical teacher's dump records (stages.dump_logits.baseline names it)
+BASELINE_BLOCKS = ("stages.dump_logits", "stages.baselines", "seed", *fingerprint.DATA_SPLIT)
 # what a teacher fold recorded that this stage's config vouches for (its own model)
 TEACHER_BLOCKS = ("model", "prompt", "stages.teacher", *fingerprint.DATA_SPLIT)
 
@@ -61,6 +63,15 @@ def run_baseline(cfg: DictConfig, settings: config.DumpLogitsSettings) -> Path:
     run_data = load_run_data(cfg)
     out_dir = Path(settings.out_dir)
     timer = StageTimer()
+    accepted = fingerprint.check_data(cfg, run_data.data_dir)
+    stamp = fingerprint.stamp(
+        fingerprint.make(
+            "dump_logits",
+            settings=fingerprint.settings(cfg, BASELINE_BLOCKS),
+            files=fingerprint.file_hashes(run_data.files, cfg.run_dir),
+        ),
+        accepted,
+    )
     table = fold_logit_table(
         settings.baseline,
         run_data.labelled,
@@ -89,6 +100,7 @@ def run_baseline(cfg: DictConfig, settings: config.DumpLogitsSettings) -> Path:
                 inputs=run_data.files,
                 outputs={"rows": len(table), "folds": run_data.n_folds},
                 timer=timer,
+                extra=stamp,
             )
     log.info("%d logits of baseline %s written to %s", len(table), settings.baseline, out_dir)
     return out_dir

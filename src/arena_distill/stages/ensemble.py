@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from arena_distill import fingerprint
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.readers import read_sample_submission
@@ -47,6 +48,7 @@ def run(cfg: DictConfig) -> Path:
         )
         for k in range(run_data.n_folds)
     ]
+    accepted = [a for s in sources for a in fingerprint.check_input(s, cfg, ())]
     table = average_predictions([pd.read_parquet(s / "predictions.parquet") for s in sources])
     timer.lap("average")
     ids = table["id"].tolist()
@@ -85,6 +87,14 @@ def run(cfg: DictConfig) -> Path:
             inputs=inputs,
             outputs={"rows": len(ids), "models": len(sources)},
             timer=timer,
+            extra=fingerprint.stamp(
+                fingerprint.make(
+                    "ensemble",
+                    settings=fingerprint.settings(cfg, ("stages.ensemble",)),
+                    upstream=fingerprint.upstream_ids(sources, cfg.run_dir),
+                ),
+                accepted,
+            ),
         )
     log.info(
         "%d rows: the mean of %d fold students, written to %s", len(ids), len(sources), out_dir

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from arena_distill import fingerprint
 from arena_distill import settings as config
 from arena_distill.baselines import fit_baseline
 from arena_distill.config import hydra_app
@@ -130,6 +131,11 @@ def _scores(labels, probs, tta) -> dict:
     return out
 
 
+# the settings a stack folder records; a baselines folder is checked on its own
+BLOCKS = ("stages.stack", "stages.baselines", "seed", *fingerprint.DATA_SPLIT)
+BASELINE_BLOCKS = ("stages.baselines", "seed", *fingerprint.DATA_SPLIT)
+
+
 def run(cfg: DictConfig) -> Path:
     settings = config.stage(cfg, "stack")
     base_settings = config.stage(cfg, "baselines")
@@ -142,6 +148,8 @@ def run(cfg: DictConfig) -> Path:
     folds = fold_of.loc[cv_ids].to_numpy(dtype=np.int64)
     labels = cv["label"].astype(int).to_numpy()
     inputs: list[Path] = list(run_data.files)
+    accepted = fingerprint.check_data(cfg, run_data.data_dir)
+    upstream: list[Path] = []
 
     # --- the OOF features: the fold students, the baselines' OOF, the length features
     student_oof = None
@@ -154,6 +162,8 @@ def run(cfg: DictConfig) -> Path:
             raise StageInputError(f"{folder}: a {stage!r} output, expected {PER_FOLD_STAGES}")
         require_stage_output(folder, stage=stage, files=["oof.parquet"])
         require_fresh(folder, run_data.files, stage=stage)
+        accepted += fingerprint.check_input(folder, cfg, fingerprint.DATA_SPLIT)
+        upstream.append(folder)
         student_oof = _aligned(folder / "oof.parquet", cv_ids, "cv")
         _check_folds(student_oof, folds, folder / "oof.parquet")
         inputs.append(folder / "oof.parquet")
@@ -163,6 +173,8 @@ def run(cfg: DictConfig) -> Path:
             Path(settings.baselines_dir) / name, stage="baselines", files=["oof.parquet"]
         )
         require_fresh(folder, run_data.files, stage="baselines")
+        accepted += fingerprint.check_input(folder, cfg, BASELINE_BLOCKS)
+        upstream.append(folder)
         df = _aligned(folder / "oof.parquet", cv_ids, "cv")
         _check_folds(df, folds, folder / "oof.parquet")
         base_oof[name] = df[list(PROB_COLS)].to_numpy(dtype=np.float64)
@@ -219,8 +231,15 @@ def run(cfg: DictConfig) -> Path:
         if settings.student_dir is not None:
             if preds_dir is None:
                 raise config.ConfigError(f"stages.stack: the final model's {what} predictions?")
-            folder = require_stage_output(preds_dir, stage="predict", files=[PREDICTIONS])
+            # the final model's predictions: the predict stage's, or with pipeline.final=folds
+            # the ensemble stage's (the fold students' mean; logits = log mean probability)
+            written = Path(preds_dir) / "manifest.json"
+            by = read_json(written).get("stage") if written.is_file() else "predict"
+            by = by if by in ("predict", "ensemble") else "predict"
+            folder = require_stage_output(preds_dir, stage=by, files=[PREDICTIONS])
             require_fresh(folder, [*run_data.files, run_data.data_dir / TEST], stage="predict")
+            accepted.extend(fingerprint.check_input(folder, cfg, ()))
+            upstream.append(folder)
             preds = _aligned(folder / PREDICTIONS, ids, what)
             inputs.append(folder / PREDICTIONS)
         lg, sw = _student_columns(preds, preds_dir)
@@ -296,6 +315,15 @@ def run(cfg: DictConfig) -> Path:
         )
         timer.lap("apply")
         write_json(tmp / "metrics.json", metrics)
+        stamp = fingerprint.stamp(
+            fingerprint.make(
+                "stack",
+                settings=fingerprint.settings(cfg, BLOCKS),
+                files=fingerprint.file_hashes(run_data.files, cfg.run_dir),
+                upstream=fingerprint.upstream_ids(upstream, cfg.run_dir),
+            ),
+            accepted,
+        )
         write_manifest(
             tmp,
             stage="stack",
@@ -309,6 +337,7 @@ def run(cfg: DictConfig) -> Path:
                 "c": c_best,
             },
             timer=timer,
+            extra=stamp,
         )
     log.info(
         "%s: OOF (cross-fitted) log loss %.4f%s%s; %s; features %s",
