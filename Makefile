@@ -26,7 +26,8 @@ FOLD_ARG = $(if $(FOLD),stages.teacher.folds=$(FOLD))
 DISTILL_FOLD_ARG = $(if $(FOLD),stages.distill.folds=$(FOLD))
 
 .PHONY: help setup test test-slow test-all lint format demo pipeline demo-data data tiny-models tokenize \
-	pretrain train-teacher dump-logits distill merge quantize predict predict-holdout baselines report plan kaggle-package clean
+	pretrain train-teacher dump-logits distill merge quantize predict predict-holdout baselines report plan kaggle-package clean \
+	bench bench-gpu
 
 help:
 	@echo "make setup      create $(VENV) and install the package with the dev extra"
@@ -41,6 +42,10 @@ help:
 	@echo "  pretrain train-teacher dump-logits distill (MODEL=name, FOLD=k, LAUNCH=\"accelerate launch ...\")"
 	@echo "  merge quantize predict predict-holdout baselines report kaggle-package"
 	@echo "make plan       projected prediction time on a device (stages.plan.*: lengths, rows, device)"
+	@echo "make bench      predict / training engines vs naive, limit and bare loops (CPU or GPU; bench/*.json)"
+	@echo "                [BENCH_ARGS=\"--quick | --rows N --models a,b --override key=value\"]"
+	@echo "make bench-gpu  full-size random-init shapes on one GPU through the engines (< 6 min; bench/gpu.json)"
+	@echo "                [BENCH_GPU_ARGS=\"--dry-run | --points a,b --extra key=value\"]"
 
 setup: $(STAMP)
 
@@ -158,3 +163,16 @@ PIPE = experiment=$(EXPERIMENT) $(if $(TRAIN),'data.train.path=[$(TRAIN)]') $(if
 	$(if $(ABLATE),pipeline.ablate=true) $(ARGS)
 pipeline: setup
 	$(PIPELINE) $(PIPE)
+
+# --- benchmarks (scripts/bench*.py; what they measure: docs/ARCHITECTURE.md, "Benchmarks") -------
+# the predict engine vs a naive loop and the unpadded limit, train.fit vs a bare torch loop, on
+# tiny models and MiniLM with a real file's length mix -> bench/inference.json, bench/training.json
+BENCH_ARGS ?=
+bench: setup
+	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+# Gemma-2-9B / Llama-3-70B / Qwen2-72B shapes (random init, no download) on one GPU: tokens/s,
+# MFU, peak memory per grid point -> bench/gpu.json; BENCH_GPU_ARGS=--dry-run: tiny, on the CPU
+BENCH_GPU_ARGS ?=
+bench-gpu: setup
+	$(PY) scripts/bench_gpu.py $(BENCH_GPU_ARGS)

@@ -27,7 +27,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
-from arena_distill.collate import PreferenceCollator
+from arena_distill.collate import PreferenceCollator, padding_mask_needed
 from arena_distill.losses import LossFn, cross_entropy
 from arena_distill.metrics import classification_metrics, log_loss_from_logits
 from arena_distill.settings import SWAP_MODES, TrainSettings
@@ -159,7 +159,10 @@ class PreferenceTrainer(Trainer):
         return int(total[0]), int(total[1])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        # a causal decoder's right padding is invisible to its real tokens: no mask, the same
+        # loss and gradients, sdpa's fast causal kernel (collate.padding_mask_needed)
+        mask = inputs["attention_mask"] if padding_mask_needed(model) else None
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=mask)
         loss_fn = self.loss_fn if model.training else cross_entropy
         loss = loss_fn(outputs.logits, inputs)
         return (loss, outputs) if return_outputs else loss
