@@ -27,7 +27,8 @@ DISTILL_FOLD_ARG = $(if $(FOLD),stages.distill.folds=$(FOLD))
 
 .PHONY: help setup test test-slow test-all lint format demo pipeline demo-data data tiny-models tokenize \
 	pretrain train-teacher dump-logits pseudo-label distill merge quantize predict predict-holdout baselines report plan kaggle-package clean \
-	test-gpu test-kill
+	test-gpu test-kill \
+	bench bench-gpu
 
 help:
 	@echo "make setup      create $(VENV) and install the package with the dev extra"
@@ -47,6 +48,10 @@ help:
 	@echo "make plan       projected prediction time on a device (stages.plan.*: lengths, rows, device)"
 	@echo "make stack      level-2 LR over the student, baselines and length features (stages.stack.*)"
 	@echo "make sweep      a small grid of Hydra values, one run per point, one results table (ARGS=\"--out DIR --grid k=v1,v2 ...\")"
+	@echo "make bench      predict / training engines vs naive, limit and bare loops (CPU or GPU; bench/*.json)"
+	@echo "                [BENCH_ARGS=\"--quick | --rows N --models a,b --override key=value\"]"
+	@echo "make bench-gpu  full-size random-init shapes on one GPU through the engines (< 6 min; bench/gpu.json)"
+	@echo "                [BENCH_GPU_ARGS=\"--dry-run | --points a,b --extra key=value\"]"
 
 setup: $(STAMP)
 
@@ -207,3 +212,16 @@ sweep: setup
 .PHONY: ensemble
 ensemble: setup
 	$(STAGE) ensemble $(ARGS)
+
+# --- benchmarks (scripts/bench*.py; what they measure: docs/ARCHITECTURE.md, "Benchmarks") -------
+# the predict engine vs a naive loop and the unpadded limit, train.fit vs a bare torch loop, on
+# tiny models and MiniLM with a real file's length mix -> bench/inference.json, bench/training.json
+BENCH_ARGS ?=
+bench: setup
+	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+# Gemma-2-9B / Llama-3-70B / Qwen2-72B shapes (random init, no download) on one GPU: tokens/s,
+# MFU, peak memory per grid point -> bench/gpu.json; BENCH_GPU_ARGS=--dry-run: tiny, on the CPU
+BENCH_GPU_ARGS ?=
+bench-gpu: setup
+	$(PY) scripts/bench_gpu.py $(BENCH_GPU_ARGS)

@@ -76,10 +76,10 @@ def test_flops_are_linear_weights_plus_quadratic_attention():
 
 def test_batches_pay_for_their_padding():
     arch = Architecture("x", linear_params=1, num_layers=1, attention_width=1)
-    # batch of 2: [30, 10] padded to 30; then [5] alone
-    flops, real, padded = batch_flops([10, 30, 5], arch, batch_size=2, max_tokens=None)
-    assert (real, padded) == (45, 65)
-    assert flops == pytest.approx(2 * float(arch.flops(30)) + float(arch.flops(5)))
+    # batch of 2: [30, 25] padded to 30; then [10] alone
+    flops, real, padded = batch_flops([10, 30, 25], arch, batch_size=2, max_tokens=None)
+    assert (real, padded) == (65, 70)
+    assert flops == pytest.approx(2 * float(arch.flops(30)) + float(arch.flops(10)))
 
 
 def test_plans_come_in_the_guards_order_and_the_first_that_fits_is_chosen():

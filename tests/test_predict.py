@@ -113,7 +113,8 @@ def test_max_batches_stops_early_and_leaves_the_rest_nan():
         FakeClassifier(), seqs, pad_token_id=PAD, batch_size=4, max_batches=2, progress=False
     )
     assert run.batches == 2
-    assert np.isfinite(run.logits).all(axis=1).sum() == 8
+    first_two = make_batches([len(s) for s in seqs], 4, 4 * max(map(len, seqs)))[:2]
+    assert np.isfinite(run.logits).all(axis=1).sum() == sum(len(b) for b in first_two)
 
 
 def test_empty_input():
@@ -281,7 +282,10 @@ def test_plan_tokens_caps_lengths_at_the_plan_budget():
     assert plan_tokens(lengths, Plan(100, True), batch_size=1, max_tokens=None) == 180
     assert plan_tokens(lengths, Plan(20, False), batch_size=1, max_tokens=None) == 50
     # one batch of 3 rows padded to the longest
-    assert plan_tokens(lengths, Plan(100, False), batch_size=8, max_tokens=None) == 150
+    dense = {False: [40, 45, 50], True: [40, 45, 50]}
+    assert plan_tokens(dense, Plan(100, False), batch_size=8, max_tokens=None) == 150
+    # 10 and 30 are cheaper apart from 50: [50], [30, 10]
+    assert plan_tokens(lengths, Plan(100, False), batch_size=8, max_tokens=None) == 110
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,3 +390,74 @@ def test_rows_without_a_finite_prediction_fall_back_to_one_orientation_or_the_pr
     plain, fb = with_fallback(table, tta=False, prior=None)
     assert fb.tolist() == ["", "prior", "prior", ""]
     np.testing.assert_allclose(plain[1], [1 / 3] * 3)
+
+
+def test_batches_cut_a_sparse_tail_instead_of_padding_short_rows_to_it():
+    # greedy fill by 4: [100, 20, 20, 20] pads three rows by 80 each; the cut costs one batch
+    lengths = [100, 20, 20, 20, 20, 20, 20, 20]
+    batches = make_batches(lengths, batch_size=4, max_tokens=1000)
+    assert len(batches) == 3 and batches[0].tolist() == [0]
+    assert padded_tokens(lengths, batches) == 240  # no padding at all; greedy: 480
+    # a high cost per batch gives back the fewest batches (the greedy fill)
+    fewest = make_batches(lengths, batch_size=4, max_tokens=1000, batch_cost=1e9)
+    assert [len(b) for b in fewest] == [4, 4]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_batch_cuts_never_pad_more_than_the_greedy_fill(seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 2000, size=300)
+    batches = make_batches(lengths, batch_size=8, max_tokens=16000)
+    ordered = np.sort(lengths)[::-1]
+    greedy = sum(len(c) * int(c.max()) for c in np.array_split(ordered, range(8, 300, 8)))
+    assert padded_tokens(lengths, batches) <= greedy
+    # with the default cost (one mean row per batch) padded + cost is no worse than greedy's
+    cost = lengths.mean()
+    assert padded_tokens(lengths, batches) + cost * len(batches) <= greedy + cost * 38
+
+
+def _tiny_decoder(family: str):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    kw = dict(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        pad_token_id=PAD,
+        num_labels=3,
+    )
+    attn = "eager" if family == "gemma2" else "sdpa"
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(family, **kw)
+    return AutoModelForSequenceClassification.from_config(config, attn_implementation=attn).eval()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
+def test_causal_decoders_predict_without_the_padding_mask_and_get_the_same_logits(family):
+    from arena_distill.collate import pad_right, padding_mask_needed
+
+    model = _tiny_decoder(family)
+    assert not padding_mask_needed(model)
+    seqs = random_sequences(12, seed=3, lo=2, hi=30)
+    run = predict_logits(model, seqs, pad_token_id=PAD, batch_size=4, progress=False)
+    ids, mask = pad_right(seqs, PAD)  # one batch, masked: the reference
+    with torch.no_grad():
+        masked = model(input_ids=ids, attention_mask=mask).logits.numpy()
+    np.testing.assert_allclose(run.logits, masked, atol=1e-5)
+
+
+def test_an_encoder_keeps_the_padding_mask():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from arena_distill.collate import padding_mask_needed
+
+    config = BertConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=3,
+    )  # fmt: skip
+    assert padding_mask_needed(BertForSequenceClassification(config))
+    assert padding_mask_needed(FakeClassifier())  # unknown: keep it

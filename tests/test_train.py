@@ -279,3 +279,36 @@ def test_resume_takes_the_newest_complete_checkpoint_and_drops_a_cut_one(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-8"]
     (tmp_path / "checkpoint-8" / "trainer_state.json").write_text('{"global_step": 4}')
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")  # not its step
+
+
+def test_a_causal_decoder_trains_without_the_padding_mask_with_the_same_gradients(tmp_path):
+    from transformers import AutoModelForSequenceClassification, LlamaConfig
+
+    from arena_distill.train import PreferenceTrainer
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, num_labels=3,
+    )  # fmt: skip
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+    batch = PreferenceCollator(pad_token_id=0)(
+        [{"input_ids": list(range(1, n + 1)), "labels": n % 3} for n in (9, 4, 6, 2)]
+    )
+    args = training_arguments(TrainSettings(), tmp_path, has_eval=False)
+    trainer = PreferenceTrainer(model=model, args=args)
+    calls = []
+    model.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(kw.get("attention_mask")), with_kwargs=True
+    )
+    loss = trainer.compute_loss(model, batch)
+    loss.backward()
+    engine = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    masked = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    reference = cross_entropy(masked, batch)
+    reference.backward()
+    assert calls[0] is None  # the engine passed no mask
+    torch.testing.assert_close(loss, reference, atol=1e-6, rtol=0)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(engine[n], p.grad, atol=1e-6, rtol=1e-5, msg=n)

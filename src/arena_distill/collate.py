@@ -9,6 +9,20 @@ from typing import Any
 import numpy as np
 import torch
 
+# Decoder-only families (``config.model_type``): attention is causal, so with right padding a
+# real token attends only to the real tokens before it, and their classifiers pool the last
+# non-pad token found from the input ids. The padding mask then changes nothing in the logits
+# (nor in the loss and its gradients), while passing it costs sdpa its causal fast path (a
+# 30% slower forward on CPU, measured by `make bench`) and flex/flash attention a mask to build.
+CAUSAL_FAMILIES = ("gemma", "gemma2", "llama", "mistral", "qwen2", "qwen3")
+
+
+def padding_mask_needed(model) -> bool:
+    """Whether ``model`` needs the attention mask of a right-padded batch: False for the causal
+    decoders of :data:`CAUSAL_FAMILIES`, True for anything else (BERT attends both ways)."""
+    config = getattr(model, "config", None)
+    return getattr(config, "model_type", None) not in CAUSAL_FAMILIES
+
 
 def bucket_length(length: int, buckets: Sequence[int] | None) -> int:
     """``length`` rounded up to the smallest bucket that holds it (``model.length_buckets``);

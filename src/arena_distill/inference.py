@@ -7,7 +7,8 @@ padded by ``collate.pad_right``, the same padding the training collator uses.
 
 * ``make_batches``: length-sorted (longest first), dynamically sized batches: at most
   ``batch_size`` rows and at most ``max_tokens`` padded positions (rows × longest row) each; a
-  single row longer than ``max_tokens`` forms a batch of its own. ``predict_logits`` runs a
+  single row longer than ``max_tokens`` forms a batch of its own; the cuts between batches
+  minimise padding plus a cost per batch. ``predict_logits`` runs a
   model over them and returns the logits in input order.
 * ``shard_work``: which (row, orientation) each device predicts. With swap-TTA on an even
   number of devices the first half does the original orientation and the second half the
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 from arena_distill import faults
-from arena_distill.collate import batch_buckets, bucket_length, pad_right
+from arena_distill.collate import batch_buckets, bucket_length, pad_right, padding_mask_needed
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def make_batches(
     batch_size: int,
     max_tokens: int,
     buckets: Sequence[int] | None = None,
+    batch_cost: float | None = None,
 ) -> list[np.ndarray]:
     """Indices of ``lengths`` grouped into batches, longest rows first.
 
@@ -70,20 +72,42 @@ def make_batches(
     a row longer than ``max_tokens`` alone. Every index appears in exactly one batch. Longest
     first: an out-of-memory shows at once, and the throughput measured on the first batches is
     a conservative one.
+
+    The rows are sorted by length and cut into consecutive batches that minimise the padded
+    positions plus ``batch_cost`` positions per batch (default: the mean row length, so a cut
+    must save at least one average row of padding): an exact dynamic programme, O(rows ×
+    batch_size). Where lengths are dense this gives the full batches of a greedy fill; in a
+    sparse tail it cuts between rows far apart instead of padding short rows to a long one.
     """
     if batch_size < 1 or max_tokens < 1:
         raise ValueError(f"batch_size and max_tokens must be >= 1, got {batch_size}, {max_tokens}")
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(-lengths, kind="stable")
-    batches: list[np.ndarray] = []
-    start = 0
-    while start < len(order):
-        # descending: the first row is the longest
-        longest = bucket_length(int(lengths[order[start]]), buckets)
-        n = min(batch_size, max(1, max_tokens // max(longest, 1)), len(order) - start)
-        batches.append(order[start : start + n])
-        start += n
-    return batches
+    n = len(order)
+    if n == 0:
+        return []
+    sorted_len = np.maximum(lengths[order], 1).astype(np.float64)
+    # a batch's width: its first (longest) row, rounded up to a bucket
+    widths = np.array([bucket_length(int(x), buckets) for x in sorted_len], dtype=np.float64)
+    cost = float(sorted_len.mean()) if batch_cost is None else float(batch_cost)
+    # best[j]: least cost of rows [0, j); start[j]: where the last batch of that solution starts
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    start = np.zeros(n + 1, dtype=np.int64)
+    for j in range(1, n + 1):
+        i = np.arange(max(0, j - batch_size), j)  # candidate starts of the batch ending at j
+        rows = j - i
+        padded = rows * widths[i]  # the first row of a batch is its longest
+        total = best[i] + padded + cost
+        total[(padded > max_tokens) & (rows > 1)] = np.inf
+        k = int(np.argmin(total))  # ties: the earliest start, i.e. the fuller batch
+        best[j], start[j] = total[k], i[k]
+    cuts = []
+    j = n
+    while j > 0:
+        cuts.append((int(start[j]), j))
+        j = int(start[j])
+    return [order[a:b] for a, b in reversed(cuts)]
 
 
 def padded_tokens(
@@ -173,10 +197,11 @@ def predict_logits(
         position=position,
         leave=position == 0,
     )
+    use_mask = padding_mask_needed(model)
     _sync(device)
     t0 = time.perf_counter()
     for batch in batches:
-        _forward(model, sequences, batch, pad_token_id, device, run, lengths)
+        _forward(model, sequences, batch, pad_token_id, device, run, lengths, use_mask)
         run.batches += 1
         bar.update(len(batch))
         faults.point("inference.batch")
@@ -193,14 +218,18 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def _forward(model, sequences, batch: np.ndarray, pad_token_id: int, device, run, lengths) -> None:
+def _forward(
+    model, sequences, batch: np.ndarray, pad_token_id: int, device, run, lengths, use_mask=True
+) -> None:
     """One batch into ``run.logits``; on an out-of-memory error the batch is split in two and
     each half retried (recursively), so a batch that is too big for the device costs time, not
     the run. A single row that does not fit keeps NaN logits (``run.failed_rows``): the caller
-    falls back for it (``predict.predict_rows`` gives it the class prior)."""
+    falls back for it (``predict.predict_rows`` gives it the class prior). ``use_mask=False``
+    (a causal decoder, ``collate.padding_mask_needed``): no attention mask, same logits."""
     try:
         ids, mask = pad_right([sequences[i] for i in batch], pad_token_id, buckets=run.buckets)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        attention_mask = mask.to(device) if use_mask else None
+        logits = model(input_ids=ids.to(device), attention_mask=attention_mask).logits
         run.logits[batch] = logits.float().cpu().numpy()
         run.tokens += int(lengths[batch].sum())
         run.padded += ids.numel()
@@ -218,8 +247,8 @@ def _forward(model, sequences, batch: np.ndarray, pad_token_id: int, device, run
     log.warning("out of memory on a batch of %d rows: split in two and retried", len(batch))
     half = len(batch) // 2
     # longest first: the first half holds the longest rows
-    _forward(model, sequences, batch[:half], pad_token_id, device, run, lengths)
-    _forward(model, sequences, batch[half:], pad_token_id, device, run, lengths)
+    _forward(model, sequences, batch[:half], pad_token_id, device, run, lengths, use_mask)
+    _forward(model, sequences, batch[half:], pad_token_id, device, run, lengths, use_mask)
 
 
 def measure_throughput(

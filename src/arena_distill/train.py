@@ -31,7 +31,12 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from arena_distill import faults
-from arena_distill.collate import PreferenceCollator, batch_buckets, bucket_length
+from arena_distill.collate import (
+    PreferenceCollator,
+    batch_buckets,
+    bucket_length,
+    padding_mask_needed,
+)
 from arena_distill.losses import IGNORE_LABEL, LossFn, cross_entropy
 from arena_distill.metrics import classification_metrics, log_loss_from_logits
 from arena_distill.settings import SWAP_MODES, TrainSettings
@@ -180,7 +185,10 @@ class PreferenceTrainer(Trainer):
             )
             outputs = SequenceClassifierOutput(logits=logits)
         else:
-            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            # a causal decoder's right padding is invisible to its real tokens: no mask, the
+            # same loss and gradients, sdpa's fast causal kernel (collate.padding_mask_needed)
+            mask = inputs["attention_mask"] if padding_mask_needed(model) else None
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=mask)
         loss_fn = self.loss_fn if model.training else cross_entropy
         loss = loss_fn(outputs.logits, inputs)
         return (loss, outputs) if return_outputs else loss

@@ -10,6 +10,7 @@ head, as the 1st place did after post-pretraining on UltraFeedback.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import logging
@@ -33,6 +34,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BitsAndBytesConfig,
+    PreTrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -216,11 +218,17 @@ def _quantization_config(model_cfg: Mapping[str, Any]) -> BitsAndBytesConfig | N
 
 def load_base_model(
     model_cfg: Mapping[str, Any],
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: PreTrainedTokenizerBase | None,
     *,
     device: str | torch.device = "cpu",
+    architecture: PreTrainedConfig | None = None,
 ) -> PreTrainedModel:
-    """The backbone as a classifier: dtype, attention, softcapping, NF4 and head from the config."""
+    """The backbone as a classifier: dtype, attention, softcapping, NF4 and head from the config.
+
+    ``architecture`` (a Hugging Face config): random-init weights of that shape instead of the
+    checkpoint at ``name_or_path``, built on ``device`` (benchmarks of the full-size shapes,
+    ``scripts/bench_gpu.py``); the pad id is then the architecture's when ``tokenizer`` is None.
+    """
     kwargs: dict[str, Any] = {
         "num_labels": int(model_cfg.get("num_labels", 3)),
         "dtype": _dtype(model_cfg.get("dtype", "float32")),
@@ -239,9 +247,12 @@ def load_base_model(
     quant = _quantization_config(model_cfg)
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": str(device)})
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(model_cfg["name_or_path"]), **kwargs
-    )
+    if architecture is not None:
+        model = _random_init(architecture, kwargs, device)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(model_cfg["name_or_path"]), **kwargs
+        )
     if quant is None:
         model.to(device)
     # read by the engines (collate.batch_buckets): the widths batches are padded to
@@ -251,7 +262,8 @@ def load_base_model(
     if model_cfg.get("liger_kernel"):
         apply_liger_kernel(model, device)
     # Without pad_token_id the classifier cannot find the last real token of a padded batch.
-    model.config.pad_token_id = tokenizer.pad_token_id
+    if tokenizer is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
     if model_cfg.get("head", "linear") == "mlp":
         # The HF forward calls `self.score(hidden)` / `self.classifier(pooled)`: a Sequential
         # under the same attribute name keeps that call working.
@@ -261,6 +273,24 @@ def load_base_model(
     elif model_cfg.get("head", "linear") != "linear":
         raise ValueError(f"unknown head {model_cfg.get('head')!r}; expected linear or mlp")
     return model
+
+
+def _random_init(
+    architecture: PreTrainedConfig, kwargs: Mapping[str, Any], device: str | torch.device
+) -> PreTrainedModel:
+    """A random-init classifier of ``architecture`` with the load kwargs of
+    :func:`load_base_model` (config keys set on a copy; dtype and attention passed on), its
+    weights created directly on ``device``."""
+    if "quantization_config" in kwargs:
+        raise ValueError("a random-init architecture cannot be loaded quantized")
+    config = copy.deepcopy(architecture)
+    for key, value in kwargs.items():
+        if key not in ("dtype", "attn_implementation"):
+            setattr(config, key, value)
+    with torch.device(device):
+        return AutoModelForSequenceClassification.from_config(
+            config, dtype=kwargs["dtype"], attn_implementation=kwargs["attn_implementation"]
+        )
 
 
 def _lora_config(model_cfg: Mapping[str, Any], head: str) -> LoraConfig:
@@ -342,8 +372,12 @@ def build_model(
     device: str | torch.device = "cpu",
     train: bool = True,
     init_adapter: str | Path | None = None,
-) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    architecture: PreTrainedConfig | None = None,
+) -> tuple[nn.Module, PreTrainedTokenizerBase | None]:
     """The model of ``model_cfg`` and its tokenizer, ready to train (``train``) or evaluate.
+
+    ``architecture``: random-init weights of that Hugging Face config instead of the checkpoint
+    (no tokenizer is loaded: None is returned for it; see :func:`load_base_model`).
 
     Training with a ``lora`` section gives a ``PeftModel`` whose trainable parameters are the
     LoRA matrices and the whole head; without one, full fine-tuning (2nd place). The model is
@@ -351,8 +385,8 @@ def build_model(
     layers repack their weights for good on any forward in eval mode without input grads, after
     which LoRA gradients are wrong (``from_pretrained`` returns eval mode).
     """
-    tokenizer = load_tokenizer(model_cfg)
-    model = load_base_model(model_cfg, tokenizer, device=device)
+    tokenizer = load_tokenizer(model_cfg) if architecture is None else None
+    model = load_base_model(model_cfg, tokenizer, device=device, architecture=architecture)
     if not train:
         if init_adapter is not None:
             raise ValueError("init_adapter is for training; use load_for_inference to evaluate")

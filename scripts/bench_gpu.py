@@ -1,0 +1,443 @@
+"""`make bench-gpu`: the recipe's full-size shapes through the project's own engines, on one GPU.
+
+    python scripts/bench_gpu.py                          # the default grid, < 6 min on one H100/H200
+    python scripts/bench_gpu.py --dry-run                # tiny shapes on the CPU, the same code path
+    python scripts/bench_gpu.py --points gemma2_9b/flex/gc/b8,llama3_70b/sdpa/gc/b4
+    python scripts/bench_gpu.py --extra model.torch_compile=true     # one more override everywhere
+    python scripts/bench_gpu.py --grid my_grid.json      # a JSON list of points (fields below)
+
+No download: each model is a random-init classifier built by ``models.factory.build_model``
+(``architecture=``) from the facts shipped in ``planner.ARCHITECTURES``: Gemma-2-9B whole,
+Llama-3-70B and Qwen2-72B cut to ``layers`` decoder layers (their per-layer figures scaled to
+the whole depth: ``projected_tokens_per_s``). Per grid point (model config, attention kernel,
+gradient checkpointing, micro-batch, dtype, plus any Hydra overrides):
+
+* training through ``train.fit`` (``stages.teacher`` settings, LoRA of the model config, no
+  quantization: random weights cannot be nf4-loaded), ``micro_batch`` rows of ``train_length``
+  tokens per step: tokens/s after the warm-up steps, MFU (model FLOPs: ``planner.Architecture``
+  forward FLOPs × 2 with LoRA (no weight gradients), × 3 for a full fine-tune; recomputation of
+  checkpointing not counted) against the device's dense bf16 peak, peak memory;
+* prediction through ``inference.predict_logits`` on a length mix (``--lengths`` JSON, else a
+  fixed log-normal mix: median 500 tokens, capped at 2000), beside the naive loop and the
+  unpadded limit (``benchmark.compare_inference``): tokens/s, MFU, padding, peak memory.
+
+Every point runs in its own subprocess with a timeout, so an out-of-memory or a crash is
+recorded for that point and the grid goes on; a point that would start after ``--budget-s``
+is skipped (listed as such); a point's own ``timeout_s`` replaces ``--point-timeout-s``. Results: ``<out-dir>/gpu.json`` (``--out``), one log per point in
+``<out-dir>/gpu_logs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (model config, attention, checkpointing, micro-batch, train?, predict?, layers)
+_GRID = [
+    ("gemma2_9b", "eager", True, 8, True, True, None),
+    ("gemma2_9b", "flex_attention", True, 8, True, True, None),
+    ("gemma2_9b", "flex_attention", False, 4, True, False, None),
+    # gradient_checkpointing: auto (models/memory.py): the micro-batch and checkpointing it picks
+    ("gemma2_9b", "flex_attention", "auto", 8, True, False, None),
+    ("llama3_70b", "sdpa", True, 4, True, True, 4),
+    ("qwen2_72b", "sdpa", True, 4, True, False, 4),
+]
+SHORT = {"flex_attention": "flex", "flash_attention_2": "fa2"}
+
+
+def point(
+    model: str,
+    attn: str,
+    gc,
+    micro_batch: int,
+    *,
+    train: bool = True,
+    predict: bool = True,
+    layers: int | None = None,
+    dtype: str = "bfloat16",
+    overrides: list[str] | None = None,
+    name: str | None = None,
+) -> dict:
+    """A grid point. ``gc`` is passed as is (``model.gradient_checkpointing``: true, false or
+    any value the model config accepts)."""
+    gc_name = {True: "gc", False: "nogc"}.get(gc, f"gc-{gc}")
+    return {
+        "name": name or f"{model}/{SHORT.get(attn, attn)}/{gc_name}/b{micro_batch}",
+        "model": model,
+        "layers": layers,
+        "attn_implementation": attn,
+        "gradient_checkpointing": gc,
+        "micro_batch": micro_batch,
+        "dtype": dtype,
+        "train": train,
+        "predict": predict,
+        "overrides": list(overrides or []),
+    }
+
+
+def default_grid() -> list[dict]:
+    return [point(m, a, g, b, train=t, predict=p, layers=n) for m, a, g, b, t, p, n in _GRID]
+
+
+# ---------------------------------------------------------------------------------------------
+# One point (the child process)
+# ---------------------------------------------------------------------------------------------
+
+
+def architecture(model_cfg, layers: int | None, dry_run: bool):
+    """The Hugging Face config of ``model_cfg``'s checkpoint from the shipped facts, cut to
+    ``layers``; tiny widths in a dry run. Returns (config, full depth)."""
+    from transformers import AutoConfig
+
+    from arena_distill.planner import ARCHITECTURES
+
+    facts = dict(ARCHITECTURES[str(model_cfg.name_or_path)])
+    full_layers = int(facts["num_hidden_layers"])
+    model_type = facts.pop("model_type")
+    if dry_run:
+        facts.update(
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            vocab_size=512,
+            num_hidden_layers=min(2, layers or 2),
+        )
+        if model_type == "gemma2":
+            facts.update(query_pre_attn_scalar=16, sliding_window=64)
+    elif layers:
+        facts["num_hidden_layers"] = int(layers)
+    facts.update(pad_token_id=0, max_position_embeddings=8192 if not dry_run else 2048)
+    return AutoConfig.for_model(model_type, **facts), full_layers
+
+
+def length_mix(path: str | None, rows: int, cap: int, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    if path:
+        lengths = np.asarray(json.loads(Path(path).read_text()), dtype=np.int64)
+        lengths = rng.choice(lengths, size=min(rows, len(lengths)), replace=False)
+    else:  # a fixed stand-in for a real mix: median 500 tokens, a tail to the cap
+        lengths = rng.lognormal(mean=np.log(500), sigma=0.8, size=rows).astype(np.int64)
+    return np.clip(lengths, 16, cap)
+
+
+def run_point(p: dict, opts: dict) -> dict:
+    """Measure one grid point in this process; returns its result (errors recorded per part)."""
+    import numpy as np
+    import torch
+
+    from arena_distill import settings as config
+    from arena_distill.benchmark import (
+        compare_inference,
+        compare_training,
+        device_peak_flops,
+        machine_info,
+    )
+    from arena_distill.config import compose
+    from arena_distill.inference import is_out_of_memory
+    from arena_distill.models.factory import build_model
+    from arena_distill.planner import Architecture
+
+    dry = bool(opts["dry_run"])
+    device = "cuda" if torch.cuda.is_available() and not dry else "cpu"
+    attn = p["attn_implementation"]
+    if dry and attn in ("flex_attention", "flash_attention_2"):
+        attn = "eager"  # GPU kernels; the dry run checks the code path, not the kernel
+    length = 64 if dry else int(opts["train_length"])
+    micro = min(int(p["micro_batch"]), 2) if dry else int(p["micro_batch"])
+    steps = 3 if dry else int(opts["train_steps"])
+    warmup = 1 if dry else int(opts["train_warmup"])
+    overrides = [
+        f"model={p['model']}",
+        "model.quantization=null",
+        f"model.attn_implementation={attn}",
+        f"model.gradient_checkpointing={str(p['gradient_checkpointing']).lower()}",
+        f"model.dtype={'float32' if dry else p['dtype']}",
+        f"stages.teacher.max_steps={steps}",
+        f"stages.teacher.per_device_batch_size={micro}",
+        f"stages.teacher.global_batch_size={micro}",
+        "stages.teacher.warmup_steps=0",
+        f"stages.teacher.logging_steps={steps + 1}",
+        "stages.teacher.keep_best=false",
+        "stages.teacher.swap=none",
+        "stages.teacher.group_by_length=true",
+        *p.get("overrides", []),
+        *opts.get("extra", []),
+    ]
+    result: dict = {"point": p, "device": device, "overrides": overrides}
+    cfg = compose(overrides)
+    arch_cfg, full_layers = architecture(cfg.model, p.get("layers"), dry)
+    arch = Architecture.from_config(arch_cfg.to_dict())
+    scale = arch.num_layers / full_layers  # measured depth / whole model
+    _, peak = device_peak_flops(device)
+    result.update(
+        layers=arch.num_layers,
+        full_layers=full_layers,
+        machine=machine_info(device),
+        attn_implementation=attn,
+        dtype=str(cfg.model.dtype),
+    )
+    cuda = device == "cuda"
+
+    def peak_gb() -> float | None:
+        return round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
+
+    def reset() -> None:
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    if p.get("train", True):
+        reset()
+        t0 = time.perf_counter()
+        try:
+            settings = config.stage(cfg, "teacher")
+            rng = np.random.default_rng(0)
+            n = micro * steps
+            examples = [
+                {
+                    "input_ids": rng.integers(1, arch_cfg.vocab_size, length).tolist(),
+                    "labels": int(rng.integers(0, 3)),
+                }
+                for _ in range(n)
+            ]
+
+            def build():
+                torch.manual_seed(0)
+                model, _ = build_model(cfg.model, device=device, train=True, architecture=arch_cfg)
+                return model, 0
+
+            with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
+                tr = compare_training(
+                    build,
+                    examples,
+                    settings,
+                    tmp,
+                    device=device,
+                    warmup_steps=warmup,
+                    repeats=1,
+                    run_bare=bool(opts["bare"]),
+                    gradient_checkpointing=cfg.model.gradient_checkpointing,
+                )
+            tps = tr["tokens_per_s"]["engine"]
+            lora = cfg.model.get("lora") is not None
+            factor = 2.0 if lora else 3.0  # LoRA: no weight gradients
+            flops_per_token = float(arch.flops(length)) / length
+            tr.update(
+                length=length,
+                model_flops_factor=factor,
+                flops_per_s=factor * flops_per_token * tps,
+                mfu=round(factor * flops_per_token * tps / peak, 4) if peak else None,
+                projected_tokens_per_s=round(tps * scale, 1),
+                peak_gb=peak_gb(),
+                wall_s=round(time.perf_counter() - t0, 1),
+            )
+            result["training"] = tr
+        except Exception as exc:  # noqa: BLE001 (recorded; the next part still runs)
+            result["training"] = {
+                "error": f"{type(exc).__name__}: {str(exc)[:500]}",
+                "out_of_memory": is_out_of_memory(exc),
+                "peak_gb": peak_gb(),
+            }
+            traceback.print_exc()
+    if p.get("predict", True):
+        reset()
+        t0 = time.perf_counter()
+        try:
+            torch.manual_seed(0)
+            model, _ = build_model(cfg.model, device=device, train=False, architecture=arch_cfg)
+            predict = config.stage(cfg, "predict")
+            cap = 128 if dry else int(predict.max_length or 2000)
+            rows = 16 if dry else int(opts["predict_rows"])
+            lengths = length_mix(opts.get("lengths"), rows, cap)
+            rng = np.random.default_rng(1)
+            sequences = [rng.integers(1, arch_cfg.vocab_size, int(k)).tolist() for k in lengths]
+            inf = compare_inference(
+                model,
+                sequences,
+                pad_token_id=0,
+                batch_size=int(opts["predict_batch"] or predict.batch_size),
+                max_tokens=opts["predict_max_tokens"] or predict.max_tokens_per_batch,
+                device=device,
+                repeats=1,
+                flops=arch.flops,
+            )
+            inf["mfu"] = (
+                {m: round(v / peak, 4) for m, v in inf["flops_per_s"].items()} if peak else None
+            )
+            inf["projected_tokens_per_s"] = {
+                m: round(v * scale, 1) for m, v in inf["tokens_per_s"].items()
+            }
+            inf.update(peak_gb=peak_gb(), wall_s=round(time.perf_counter() - t0, 1))
+            result["inference"] = inf
+            del model
+        except Exception as exc:  # noqa: BLE001
+            result["inference"] = {
+                "error": f"{type(exc).__name__}: {str(exc)[:500]}",
+                "out_of_memory": is_out_of_memory(exc),
+                "peak_gb": peak_gb(),
+            }
+            traceback.print_exc()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The grid (the parent process)
+# ---------------------------------------------------------------------------------------------
+
+
+def run_grid(points: list[dict], opts: dict, out: Path) -> dict:
+    log_dir = out.parent / "gpu_logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results = []
+    for i, p in enumerate(points):
+        left = opts["budget_s"] - (time.perf_counter() - started)
+        if left < opts["min_point_s"]:
+            results.append({"point": p, "skipped": f"time budget ({opts['budget_s']} s) spent"})
+            continue
+        timeout = min(float(p.get("timeout_s") or opts["point_timeout_s"]), left)
+        print(
+            f"[bench-gpu] {i + 1}/{len(points)} {p['name']} (timeout {timeout:.0f} s)", flush=True
+        )
+        with tempfile.TemporaryDirectory(prefix="bench-gpu-point-") as tmp:
+            res_file = Path(tmp) / "result.json"
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--child",
+                json.dumps({"point": p, "opts": opts}),
+                "--result",
+                str(res_file),
+            ]
+            log_file = log_dir / f"{i:02d}_{p['name'].replace('/', '_')}.log"
+            t0 = time.perf_counter()
+            with open(log_file, "w") as log:
+                try:
+                    done = subprocess.run(
+                        cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=REPO
+                    )
+                    rc: int | str = done.returncode
+                except subprocess.TimeoutExpired:
+                    rc = "timeout"
+            res = json.loads(res_file.read_text()) if res_file.is_file() else {"point": p}
+        res.update(returncode=rc, seconds=round(time.perf_counter() - t0, 1), log=str(log_file))
+        if rc != 0:
+            tail = log_file.read_text()[-2000:]
+            res["error"] = f"child exited with {rc}: {tail}"
+        results.append(res)
+        print(summary_line(res), flush=True)
+    return {"wall_s": round(time.perf_counter() - started, 1), "points": results}
+
+
+def summary_line(res: dict) -> str:
+    name = res["point"]["name"]
+    if "skipped" in res:
+        return f"  {name}: skipped ({res['skipped']})"
+    parts = []
+    for part in ("training", "inference"):
+        r = res.get(part)
+        if not r:
+            continue
+        if "error" in r:
+            parts.append(f"{part}: {'OOM' if r.get('out_of_memory') else r['error'][:80]}")
+            continue
+        tps = r["tokens_per_s"]["engine"]
+        mfu = r["mfu"]["engine"] if part == "inference" and r.get("mfu") else r.get("mfu")
+        mfu_s = f", MFU {mfu:.1%}" if isinstance(mfu, float) else ""
+        mem = f", {r['peak_gb']} GB" if r.get("peak_gb") is not None else ""
+        parts.append(f"{part} {tps:,.0f} tok/s{mfu_s}{mem}")
+    if res.get("error") and not parts:
+        parts.append(res["error"].splitlines()[0][:120])
+    return f"  {name}: " + "; ".join(parts) + f" ({res.get('seconds')} s)"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU")
+    ap.add_argument("--grid", type=Path, help="JSON list of points (default: the built-in grid)")
+    ap.add_argument("--points", help="only these point names, comma-separated")
+    ap.add_argument("--extra", action="append", default=[], help="Hydra override for every point")
+    ap.add_argument("--train-length", type=int, default=1024)
+    ap.add_argument("--train-steps", type=int, default=6)
+    ap.add_argument("--train-warmup", type=int, default=2)
+    ap.add_argument("--bare", action="store_true", help="also the bare torch loop (slower)")
+    ap.add_argument("--predict-rows", type=int, default=96)
+    ap.add_argument("--predict-batch", type=int, help="default: stages.predict.batch_size")
+    ap.add_argument("--predict-max-tokens", type=int, help="default: the predict stage's")
+    ap.add_argument("--lengths", help="JSON list of token lengths for the predict mix")
+    ap.add_argument("--budget-s", type=float, default=330.0, help="no point starts after this")
+    ap.add_argument("--point-timeout-s", type=float, default=150.0)
+    ap.add_argument("--min-point-s", type=float, default=40.0, help="least time a point needs")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "gpu.json")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    if args.child:
+        job = json.loads(args.child)
+        result = run_point(job["point"], job["opts"])
+        args.result.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        return None
+    points = json.loads(args.grid.read_text()) if args.grid else default_grid()
+    if args.points:
+        wanted = args.points.split(",")
+        unknown = sorted(set(wanted) - {p["name"] for p in points})
+        if unknown:
+            raise SystemExit(f"unknown points {unknown}; known: {[p['name'] for p in points]}")
+        points = [p for p in points if p["name"] in wanted]
+    opts = {
+        "dry_run": args.dry_run,
+        "extra": args.extra,
+        "train_length": args.train_length,
+        "train_steps": args.train_steps,
+        "train_warmup": args.train_warmup,
+        "bare": args.bare,
+        "predict_rows": args.predict_rows,
+        "predict_batch": args.predict_batch,
+        "predict_max_tokens": args.predict_max_tokens,
+        "lengths": str(Path(args.lengths).resolve()) if args.lengths else None,
+        "budget_s": args.budget_s,
+        "point_timeout_s": args.point_timeout_s,
+        "min_point_s": args.min_point_s,
+    }
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    doc = run_grid(points, opts, args.out)
+    doc = {
+        "meta": {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "dry_run": args.dry_run,
+            "loadavg_before": load_before,
+            "loadavg": [round(x, 2) for x in os.getloadavg()],
+            "options": opts,
+            "command": " ".join(["bench_gpu.py", *(argv if argv is not None else sys.argv[1:])]),
+        },
+        **doc,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    print(f"[bench-gpu] {len(points)} points in {doc['wall_s']} s -> {args.out}")
+    return doc
+
+
+if __name__ == "__main__":
+    main()
