@@ -21,17 +21,12 @@ from arena_distill.layout import (
     SWAP_LOGIT_COLS,
     TTA_PROB_COLS,
 )
+from arena_distill.metrics import probs_from_logits
 
 AVERAGED = (PROB_COLS, TTA_PROB_COLS, FINAL_COLS)
 # logits of the ensemble: the log of the folds' mean probability in that orientation (a
 # log-probability is its own log-softmax), what the stack stage reads as the model's logits
 LOGITS_AVERAGED = (LOGIT_COLS, SWAP_LOGIT_COLS)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def average_predictions(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
@@ -56,7 +51,7 @@ def average_predictions(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
             out[list(cols)] = mean
     for cols in LOGITS_AVERAGED:
         if all(set(cols) <= set(t.columns) for t in aligned):
-            probs = [_softmax(t[list(cols)].to_numpy(dtype=np.float64)) for t in aligned]
+            probs = [probs_from_logits(t[list(cols)].to_numpy()) for t in aligned]
             with np.errstate(divide="ignore", invalid="ignore"):
                 out[list(cols)] = np.log(np.mean(probs, axis=0))
     if not set(FINAL_COLS) <= set(out.columns):

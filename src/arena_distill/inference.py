@@ -88,7 +88,9 @@ def make_batches(
         return []
     sorted_len = np.maximum(lengths[order], 1).astype(np.float64)
     # a batch's width: its first (longest) row, rounded up to a bucket
-    widths = np.array([bucket_length(int(x), buckets) for x in sorted_len], dtype=np.float64)
+    widths = sorted_len
+    if buckets:
+        widths = np.array([bucket_length(int(x), buckets) for x in sorted_len], dtype=np.float64)
     cost = float(sorted_len.mean()) if batch_cost is None else float(batch_cost)
     # best[j]: least cost of rows [0, j); start[j]: where the last batch of that solution starts
     best = np.full(n + 1, np.inf)
