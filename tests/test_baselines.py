@@ -117,3 +117,31 @@ def test_baseline_teacher_names():
         "stages.dump_logits.baseline=length_lr",
         "stages.dump_logits.out_dir=${stages.distill.logits_dir}/baseline/length_lr",
     ]
+
+
+@pytest.mark.parametrize("name", ["length_lr", "tfidf_lr"])
+def test_a_set_without_ties_gets_a_small_tie_probability(demo, name):
+    """hh_harmless has no ties: the regression is binary, the tie column its smoothed floor."""
+    from arena_distill.baselines import absent_probability
+
+    train, valid = demo
+    no_ties = train[train["label"].astype(int) != 2].reset_index(drop=True)
+    model = fit_baseline(name, no_ties)
+    assert list(model.model.classes_) == [0, 1]
+    probs = model.predict_proba(valid)
+    floor = absent_probability(2 * len(no_ties))  # swap-augmented rows
+    assert probs.shape == (len(valid), 3)
+    np.testing.assert_allclose(probs[:, 2], floor)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    binary = model.model.predict_proba(model.features(valid))
+    np.testing.assert_allclose(probs[:, :2], binary * (1 - floor))
+    np.testing.assert_allclose(
+        mirror_probs(model.predict_proba(swap_table(valid))), probs, atol=2e-3
+    )
+
+
+def test_a_single_class_is_refused(demo):
+    train, _ = demo
+    with pytest.raises(ValueError, match="one class"):
+        # swap augmentation turns A wins into B wins: a single class needs ties only
+        fit_baseline("length_lr", train[train["label"].astype(int) == 2])

@@ -236,3 +236,40 @@ def test_an_input_better_than_any_regression_is_passed_through():
     back = stacking.Stacker.from_dict(s.to_dict())
     assert back.passthrough == "baseline/good" and back.c is None
     np.testing.assert_allclose(back.predict_proba(feats.x), good, atol=1e-12)
+
+
+def test_a_set_without_ties_stacks_and_ships(rows, tmp_path):
+    """No tie among the training rows (hh_harmless): the baselines and the stacker fit two
+    classes, give the tie a small smoothed probability, and the shipped folder predicts the
+    same."""
+    from arena_distill.baselines import absent_probability
+
+    no_ties = rows[rows["label"].astype(int) != 2].reset_index(drop=True)
+    train, test = no_ties.iloc[:120], no_ties.iloc[120:].reset_index(drop=True)
+    base = fit_baseline("tfidf_lr", train, max_features=300)
+    arrays = export_baseline(base)
+    np.testing.assert_allclose(predict_exported(arrays, test), base.predict_proba(test), atol=1e-10)
+    y = train["label"].astype(int).to_numpy()
+    rng = np.random.default_rng(2)
+    logits, swap = rng.normal(size=(len(y), 3)), rng.normal(size=(len(y), 3))
+    f = build_features(
+        train,
+        student_logits=logits,
+        student_swap_logits=swap,
+        baseline_probs={"tfidf_lr": base.predict_proba(train)},
+        length=True,
+    )
+    s = fit_stacker(f, y, np.arange(len(y)), c=1.0, seed=0)
+    assert s.classes == (0, 1)
+    p, tta = s.predict(f)
+    np.testing.assert_allclose(p[:, 2], absent_probability(2 * len(y)))
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    np.testing.assert_allclose(tta.sum(axis=1), 1.0)
+    assert log_loss(p, y) < log_loss(np.full((len(y), 3), 1 / 3), y)
+    folder = save_stacker_dir(
+        tmp_path / "stacker", s, {"tfidf_lr": arrays}, length=True, student=True
+    )
+    shipped = load_stacker_dir(folder)
+    np.testing.assert_allclose(shipped.predict(train, logits, swap)[0], p, atol=1e-10)
+    cf = cross_fit(f, y, np.arange(len(y)) % 3, [0.1, 1.0], n_splits=3, seed=0)
+    assert np.isfinite(cf.probs).all() and np.allclose(cf.probs.sum(axis=1), 1.0)

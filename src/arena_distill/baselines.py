@@ -28,6 +28,38 @@ from arena_distill.layout import LOGIT_COLS
 from arena_distill.metrics import class_prior
 
 BASELINES = ("prior", "length_lr", "tfidf_lr")
+N_CLASSES = 3
+
+
+def absent_probability(n_rows: int, n_classes: int = N_CLASSES) -> float:
+    """The probability given to a class the training rows never show (hh_harmless has no ties):
+    add-one-half smoothing of its zero count over ``n_rows`` rows (Jeffreys prior)."""
+    return 0.5 / (n_rows + 0.5 * n_classes)
+
+
+def class_scores(scores: np.ndarray) -> np.ndarray:
+    """A linear model's decision scores as one column per class it was fitted on: a binary
+    regression's single column ``z`` becomes ``[0, z]`` (softmax of it = the sigmoid)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim == 1:
+        scores = scores[:, None]
+    if scores.shape[1] == 1:
+        scores = np.column_stack([np.zeros(len(scores)), scores[:, 0]])
+    return scores
+
+
+def expand_classes(
+    probs: np.ndarray, classes: Sequence[int], floor: float, n_classes: int = N_CLASSES
+) -> np.ndarray:
+    """``(n, len(classes))`` probabilities of the classes a model was fitted on as ``(n, 3)``:
+    every absent class gets ``floor``, the fitted ones share the rest in their proportions."""
+    classes = [int(c) for c in classes]
+    probs = np.asarray(probs, dtype=np.float64)
+    if classes == list(range(n_classes)):
+        return probs
+    out = np.full((len(probs), n_classes), float(floor))
+    out[:, classes] = probs * (1.0 - floor * (n_classes - len(classes)))
+    return out
 
 
 def _text(turns: Sequence[str]) -> str:
@@ -71,6 +103,7 @@ class Baseline:
     scaler: StandardScaler | None = None
     tfidf: TfidfVectorizer | None = None
     model: LogisticRegression | None = None
+    floor: float = 0.0  # the probability of a class the training rows lack (absent_probability)
 
     def features(self, df: pd.DataFrame, *, fit: bool = False):
         dense = length_features(df)
@@ -84,7 +117,8 @@ class Baseline:
     def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
         if self.name == "prior":
             return np.tile(self.prior, (len(df), 1))
-        return self.model.predict_proba(self.features(df))
+        probs = self.model.predict_proba(self.features(df))
+        return expand_classes(probs, self.model.classes_, self.floor)
 
 
 def fit_baseline(
@@ -111,8 +145,15 @@ def fit_baseline(
         )
         base.tfidf.fit([_text(t) for col in ("response_a", "response_b") for t in train[col]])
     x = base.features(both, fit=True)
+    if len(np.unique(y)) < 2:
+        raise ValueError(
+            f"baseline {name}: the training rows have one class only ({int(y[0])}); "
+            "a regression needs two"
+        )
     base.model = LogisticRegression(C=c, max_iter=2000, random_state=seed)
     base.model.fit(x, y)
+    # a class no training row has (a set without ties) gets a small smoothed probability
+    base.floor = absent_probability(len(y)) if len(base.model.classes_) < N_CLASSES else 0.0
     return base
 
 

@@ -48,7 +48,15 @@ from scipy.special import log_softmax, softmax
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from arena_distill.baselines import Baseline, _text, length_features
+from arena_distill.baselines import (
+    N_CLASSES,
+    Baseline,
+    _text,
+    absent_probability,
+    class_scores,
+    expand_classes,
+    length_features,
+)
 from arena_distill.data.swap import swap_table
 from arena_distill.metrics import log_loss
 
@@ -168,17 +176,21 @@ class Stacker:
     features: list[str]
     mean: np.ndarray
     scale: np.ndarray
-    coef: np.ndarray  # (3, F)
-    intercept: np.ndarray  # (3,)
+    coef: np.ndarray  # (K, F): one row per fitted class
+    intercept: np.ndarray  # (K,)
     c: float | None  # None: a passthrough (one input's own probabilities)
     passthrough: str | None = None  # that input's block name
+    # the classes the rows showed (a set without ties: [0, 1]); the others get ``floor``
+    classes: tuple[int, ...] = (0, 1, 2)
+    floor: float = 0.0
 
     def logits(self, x: np.ndarray) -> np.ndarray:
+        """(n, K) scores of the fitted classes."""
         z = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
         return z @ self.coef.T + self.intercept
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        return softmax(self.logits(x), axis=1)
+        return expand_classes(softmax(self.logits(x), axis=1), self.classes, self.floor)
 
     def predict(self, feats: Features) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities, swap-TTA probabilities or None) of ``feats``."""
@@ -197,6 +209,8 @@ class Stacker:
             "scale": self.scale.tolist(),
             "coef": self.coef.tolist(),
             "intercept": self.intercept.tolist(),
+            "fitted_classes": list(self.classes),
+            "floor": float(self.floor),
         }
 
     @classmethod
@@ -209,6 +223,8 @@ class Stacker:
             intercept=np.asarray(d["intercept"], dtype=np.float64),
             c=None if d["c"] is None else float(d["c"]),
             passthrough=d.get("passthrough"),
+            classes=tuple(int(k) for k in d.get("fitted_classes", range(N_CLASSES))),
+            floor=float(d.get("floor", 0.0)),
         )
 
 
@@ -225,17 +241,25 @@ def fit_stacker(
     """Fit on rows ``idx`` (and their swaps when the features have them)."""
     x, y = _augmented(feats, labels, idx)
     scaler = StandardScaler().fit(x)
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"the stacker's training rows have one class only ({int(y[0])})")
     model = LogisticRegression(C=c, max_iter=5000, random_state=seed)
     model.fit(scaler.transform(x), y)
-    if list(model.classes_) != [0, 1, 2]:
-        raise ValueError(f"the stacker's training rows lack a class: {list(model.classes_)}")
+    classes = tuple(int(k) for k in model.classes_)
+    coef, intercept = model.coef_.astype(np.float64), model.intercept_.astype(np.float64)
+    if len(classes) == 2:  # a binary regression: z for the second class, 0 for the first
+        coef = np.vstack([np.zeros_like(coef[0]), coef[0]])
+        intercept = np.array([0.0, intercept[0]])
     return Stacker(
         features=list(feats.names),
         mean=scaler.mean_.astype(np.float64),
         scale=scaler.scale_.astype(np.float64),
-        coef=model.coef_.astype(np.float64),
-        intercept=model.intercept_.astype(np.float64),
+        coef=coef,
+        intercept=intercept,
         c=float(c),
+        classes=classes,
+        # a class none of the rows has (a set without ties): a small smoothed probability
+        floor=absent_probability(len(y)) if len(classes) < N_CLASSES else 0.0,
     )
 
 
@@ -372,6 +396,8 @@ def export_baseline(base: Baseline) -> dict[str, np.ndarray]:
         "scaler_scale": base.scaler.scale_.astype(np.float64),
         "coef": base.model.coef_.astype(np.float64),
         "intercept": base.model.intercept_.astype(np.float64),
+        "classes": np.asarray(base.model.classes_, dtype=np.int64),
+        "floor": np.asarray(base.floor, dtype=np.float64),
     }
     if base.tfidf is not None:
         tf = base.tfidf
@@ -417,8 +443,14 @@ def predict_exported(arrays: Mapping[str, np.ndarray], rows: pd.DataFrame) -> np
         return np.tile(np.asarray(arrays["prior"], dtype=np.float64), (len(rows), 1))
     dense = (length_features(rows) - arrays["scaler_mean"]) / arrays["scaler_scale"]
     coef = np.asarray(arrays["coef"], dtype=np.float64)
+    classes = arrays["classes"] if "classes" in arrays else np.arange(N_CLASSES)
+    floor = float(arrays["floor"]) if "floor" in arrays else 0.0
+
+    def probs(logits: np.ndarray) -> np.ndarray:
+        return expand_classes(softmax(class_scores(logits), axis=1), classes, floor)
+
     if "vocab" not in arrays:
-        return softmax(dense @ coef.T + arrays["intercept"], axis=1)
+        return probs(dense @ coef.T + arrays["intercept"])
     n_vocab = len(arrays["vocab"])
     index = {str(t): j for j, t in enumerate(arrays["vocab"])}
     ngram = tuple(int(v) for v in arrays["ngram_range"])
@@ -429,7 +461,7 @@ def predict_exported(arrays: Mapping[str, np.ndarray], rows: pd.DataFrame) -> np
     logits = dense @ coef[:, n_vocab:].T + arrays["intercept"]
     for i, ((ca, va), (cb, vb)) in enumerate(zip(side_a, side_b, strict=True)):
         logits[i] += text_coef[:, ca] @ va - text_coef[:, cb] @ vb
-    return softmax(logits, axis=1)
+    return probs(logits)
 
 
 # --------------------------------------------------------------------------- the shipped folder
