@@ -122,6 +122,9 @@ def test_require_fresh_refuses_outputs_built_from_changed_inputs(tmp_path):
         StageInputError, match=r"stale: .*train.parquet changed.*arena-distill teacher"
     ):
         require_fresh(out, [src], stage="teacher")
+    # overwrite=true takes it as it is, and says what it took (the stage's manifest records it)
+    (reason,) = require_fresh(out, [src], stage="teacher", overwrite=True)
+    assert "train.parquet changed after it was built" in reason
 
 
 def test_a_second_writer_of_the_same_output_is_refused_with_the_holder(tmp_path):

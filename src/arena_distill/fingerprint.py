@@ -35,7 +35,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from arena_distill.io import MANIFEST, StageInputError, file_sha256, read_json
+from arena_distill.io import MANIFEST, StageInputError, file_sha256, read_json, require_fresh
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +314,16 @@ def check_input(
         raise StageInputError(message)
     log.warning("overwrite=true: using a stale input: %s", message)
     return reasons
+
+
+def check_files(
+    folder: str | Path, cfg: DictConfig, files: Sequence[str | Path], *, stage: str
+) -> list[str]:
+    """The data files ``folder``'s manifest lists in its ``inputs`` (those among ``files``)
+    against their recorded sha256 (``io.require_fresh``), for folders a fingerprint does not
+    cover (fold folders, manifests written before fingerprints); refused like
+    :func:`check_input`, accepted and returned with ``overwrite=true``."""
+    return require_fresh(folder, files, stage=stage, overwrite=overwrite(cfg))
 
 
 def check_inputs(

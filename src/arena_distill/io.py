@@ -299,22 +299,33 @@ def require_stage_output(folder: str | Path, *, stage: str, files: Sequence[str]
     return folder
 
 
-def require_fresh(folder: str | Path, inputs: Sequence[str | Path], *, stage: str) -> None:
+def require_fresh(
+    folder: str | Path, inputs: Sequence[str | Path], *, stage: str, overwrite: bool = False
+) -> list[str]:
     """Refuse a stage output built from inputs that have changed since.
 
     ``folder/manifest.json`` lists the inputs it was built from with their sha256; every path
     of ``inputs`` it lists must still have that hash (a rerun data stage with other folds, say,
-    makes every teacher trained on the old folds stale).
+    makes every teacher trained on the old folds stale). With ``overwrite`` (the root key
+    ``overwrite=true``, as :func:`arena_distill.fingerprint.check_input` takes it) the changes
+    are logged and returned instead, for the caller's manifest (``stale_inputs_accepted``).
     """
     manifest = read_json(Path(folder) / MANIFEST)
     recorded = {Path(i["path"]).resolve(): i["sha256"] for i in manifest.get("inputs", [])}
+    reasons = []
     for path in map(Path, inputs):
         sha = recorded.get(path.resolve())
         if sha is not None and (not path.exists() or file_sha256(path) != sha):
-            raise StageInputError(
-                f"{folder} is stale: {path} changed after it was built; rerun `arena-distill "
-                f"{stage}` (with overwrite=true where the stage keeps finished parts)"
-            )
+            reasons.append(f"{folder} is stale: {path} changed after it was built")
+    if not reasons:
+        return []
+    if not overwrite:
+        raise StageInputError(
+            f"{'; '.join(reasons)}; rerun `arena-distill {stage}` (with overwrite=true where "
+            "the stage keeps finished parts)"
+        )
+    log.warning("overwrite=true: using a stale input: %s", "; ".join(reasons))
+    return reasons
 
 
 def remove_dir(path: str | Path) -> None:

@@ -199,3 +199,34 @@ def test_stale_own_folds_are_retrained_and_a_retrained_teacher_refused_by_distil
         r"model=tiny_llama`",
     ):
         distill.run(cfg_of(root, trained_run, "pipeline.teachers=[tiny_llama]"))
+
+
+def test_stale_fold_folders_are_accepted_under_overwrite_like_the_fingerprint(
+    stale_base, trained_run, tmp_path
+):
+    """pseudo_label reads every teacher fold's folder: a data file changed since is refused,
+    and with overwrite=true accepted and recorded (not refused by the fold-level hash check
+    after the fingerprint check let it through)."""
+    import json
+
+    from arena_distill.demo import generate_demo
+    from arena_distill.stages import pseudo_label
+
+    root = copy_of(stale_base, trained_run, tmp_path)
+    # the fold manifests list their inputs by absolute path: point them at this copy's files
+    for manifest in (run_dir(root) / "teachers" / "tiny_llama").glob("fold_*/manifest.json"):
+        text = manifest.read_text().replace(str(trained_run.root / "runs"), str(root / "runs"))
+        manifest.write_text(text)
+        assert any(str(root) in i["path"] for i in json.loads(text)["inputs"])
+    pool = generate_demo(tmp_path / "pool", n_train=24, n_test=2, seed=11)["train"]
+    path = run_dir(root) / "data" / "train.parquet"
+    table = load_table(path)
+    table.loc[0, "response_a"] = ["an answer edited after the teacher ran"]
+    save_table(table, path)
+    extra = (f"data.unlabelled=[{pool}]", "pipeline.teachers=[tiny_llama]")
+    with pytest.raises(StageInputError, match="data/train.parquet changed since"):
+        pseudo_label.run(cfg_of(root, trained_run, *extra))
+    out = pseudo_label.run(cfg_of(root, trained_run, *extra, "overwrite=true"))
+    accepted = read_json(out / "manifest.json")["stale_inputs_accepted"]
+    assert any("changed since teachers/tiny_llama" in a for a in accepted)
+    assert any("fold_0 is stale" in a for a in accepted)

@@ -193,11 +193,12 @@ def _check_holdout(sp: StagePredictions, holdout_ids: np.ndarray) -> None:
         )
 
 
-def _fresh(folder: Path, data_files: Sequence[Path], stage: str) -> None:
-    """Refuse outputs built from other data (their manifests, or their folds', list it)."""
+def _fresh(folder: Path, data_files: Sequence[Path], stage: str, overwrite: bool) -> None:
+    """Refuse outputs built from other data (their manifests, or their folds', list it);
+    ``overwrite`` (the report's ``overwrite=true``): log them and go on."""
     for f in (folder, *sorted(folder.glob("fold_*"))):
         if (f / "manifest.json").is_file():
-            require_fresh(f, data_files, stage=stage)
+            require_fresh(f, data_files, stage=stage, overwrite=overwrite)
 
 
 def _fold_index(name: str) -> int | None:
@@ -214,9 +215,11 @@ def load_run(
     holdout_dir: str | Path | None = None,
     baselines_dir: str | Path | None = None,
     stack_dir: str | Path | None = None,
+    overwrite: bool = False,
 ) -> RunPredictions:
     """Read a run's data and every prediction file the report knows (folders default to the
-    run-folder layout); checks every file's ids, folds and labels against the data stage."""
+    run-folder layout); checks every file's ids, folds and labels against the data stage, and
+    refuses outputs built from other data files unless ``overwrite``."""
     run_dir = Path(run_dir)
     data_dir = Path(data_dir or run_dir / "data")
     train_path, folds_path = data_dir / "train.parquet", data_dir / "folds.csv"
@@ -248,7 +251,7 @@ def load_run(
         ("student", students_dir or run_dir / "students", "distill"),
     ):
         for path in sorted(Path(folder).glob("*/oof.parquet")):
-            _fresh(path.parent, data_files, stage)
+            _fresh(path.parent, data_files, stage, overwrite)
             df = pd.read_parquet(path)
             add(
                 stages_from_table(f"{kind}/{path.parent.name}", df, OOF, labels, source=str(path)),
@@ -257,7 +260,7 @@ def load_run(
     for model_dir in sorted(
         p for p in Path(baselines_dir or run_dir / "baselines").glob("*") if p.is_dir()
     ):
-        _fresh(model_dir, data_files, "baseline")
+        _fresh(model_dir, data_files, "baseline", overwrite)
         for fname, section in (("oof.parquet", OOF), ("holdout.parquet", HOLDOUT)):
             path = model_dir / fname
             if path.is_file():
@@ -266,7 +269,7 @@ def load_run(
                 add(stages_from_table(name, df, section, labels, source=str(path)), path)
     sdir = Path(stack_dir or run_dir / "stack")
     if (sdir / "manifest.json").is_file():
-        _fresh(sdir, data_files, "stack")
+        _fresh(sdir, data_files, "stack", overwrite)
         for fname, section in (("oof.parquet", OOF), ("holdout.parquet", HOLDOUT)):
             path = sdir / fname
             if path.is_file():
@@ -276,7 +279,7 @@ def load_run(
     hdir = Path(holdout_dir or run_dir / "holdout")
     for path in sorted(hdir.glob("*/predictions.parquet"), key=lambda p: p.parent.name):
         name = path.parent.name
-        _fresh(path.parent, data_files, "predict")
+        _fresh(path.parent, data_files, "predict", overwrite)
         sps = stages_from_table(name, pd.read_parquet(path), HOLDOUT, labels, source=str(path))
         k = _fold_index(name)
         if k is None:

@@ -56,13 +56,15 @@ DUMP_BLOCKS = ("prompt", "stages.dump_logits", "stages.teacher", *fingerprint.DA
 BASELINE_DUMP_BLOCKS = ("stages.baselines", "seed", *fingerprint.DATA_SPLIT)
 
 
-def load_teacher_logits(logits_dir: Path, teacher: str, data_files: list[Path]) -> Lookup:
+def load_teacher_logits(
+    logits_dir: Path, teacher: str, data_files: list[Path], *, overwrite: bool = False
+) -> Lookup:
     """``{(fold, id, swapped): logits}`` of one teacher's in-sample (``split=train``) dump,
-    refused when built from other ``data_files`` than these (none given: not checked)."""
+    refused when built from other ``data_files`` than these (``overwrite``: taken as it is)."""
     folder = require_stage_output(
         logits_dir / teacher, stage="dump_logits", files=["logits.parquet"]
     )
-    require_fresh(folder, data_files, stage="dump_logits")
+    require_fresh(folder, data_files, stage="dump_logits", overwrite=overwrite)
     table = pd.read_parquet(folder / "logits.parquet")
     table = table[table["split"] == "train"]
     values = table[list(LOGIT_COLS)].to_numpy(dtype=np.float32)
@@ -145,8 +147,10 @@ def run(cfg: DictConfig) -> Path:
         require_stage_output(dump, stage="dump_logits", files=["logits.parquet"])
         blocks = BASELINE_DUMP_BLOCKS if baseline_of(teacher) else DUMP_BLOCKS
         accepted += fingerprint.check_input(dump, cfg, blocks)
-    data_files = [] if accepted else run_data.files  # overwrite=true took them as they are
-    lookups = {t: load_teacher_logits(logits_dir, t, data_files) for t in teachers}
+    keep = fingerprint.overwrite(cfg)  # overwrite=true: the check above named what it took
+    lookups = {
+        t: load_teacher_logits(logits_dir, t, run_data.files, overwrite=keep) for t in teachers
+    }
     w = settings.weights
     loss = DistillLoss(
         len(teachers),
@@ -160,7 +164,7 @@ def run(cfg: DictConfig) -> Path:
     pseudo = None
     if settings.pseudo_dir and settings.pseudo_weight > 0 and w.kl + w.cos > 0:
         folder = require_stage_output(settings.pseudo_dir, stage="pseudo_label", files=[ROWS])
-        require_fresh(folder, run_data.files, stage="pseudo_label")
+        accepted += fingerprint.check_files(folder, cfg, run_data.files, stage="pseudo_label")
         accepted += fingerprint.check_input(folder, cfg, ("data.unlabelled", "pipeline.teachers"))
         dumps.append(folder)
         pseudo = read_pseudo(folder)

@@ -49,7 +49,6 @@ from arena_distill.io import (
     StageTimer,
     atomic_dir,
     read_json,
-    require_fresh,
     require_stage_output,
     write_manifest,
 )
@@ -167,7 +166,9 @@ def run(cfg: DictConfig) -> Path:
         model_cfg = teacher_model_config(teacher_dir)
         enc = None
         for fold in range(run_data.n_folds):
-            require_fresh(fold_dir(teacher_dir, fold), run_data.files, stage="teacher")
+            accepted += fingerprint.check_files(
+                fold_dir(teacher_dir, fold), cfg, run_data.files, stage="teacher"
+            )
             model, tokenizer = load_for_inference(
                 model_cfg, fold_dir(teacher_dir, fold) / "adapter", device=train_device()
             )

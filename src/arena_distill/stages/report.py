@@ -86,6 +86,7 @@ def run(cfg: DictConfig) -> Path:
         holdout_dir=settings.holdout_dir,
         baselines_dir=settings.baselines_dir,
         stack_dir=settings.stack_dir,
+        overwrite=fingerprint.overwrite(cfg),
     )
     timer.lap("load")
     log.info("scoring %d prediction columns", len(run_preds.stages))

@@ -48,7 +48,6 @@ from arena_distill.io import (
     StageTimer,
     atomic_dir,
     read_json,
-    require_fresh,
     require_stage_output,
     write_json,
     write_manifest,
@@ -161,7 +160,7 @@ def run(cfg: DictConfig) -> Path:
         if stage not in PER_FOLD_STAGES:
             raise StageInputError(f"{folder}: a {stage!r} output, expected {PER_FOLD_STAGES}")
         require_stage_output(folder, stage=stage, files=["oof.parquet"])
-        require_fresh(folder, run_data.files, stage=stage)
+        accepted += fingerprint.check_files(folder, cfg, run_data.files, stage=stage)
         accepted += fingerprint.check_input(folder, cfg, fingerprint.DATA_SPLIT)
         upstream.append(folder)
         student_oof = _aligned(folder / "oof.parquet", cv_ids, "cv")
@@ -172,7 +171,7 @@ def run(cfg: DictConfig) -> Path:
         folder = require_stage_output(
             Path(settings.baselines_dir) / name, stage="baselines", files=["oof.parquet"]
         )
-        require_fresh(folder, run_data.files, stage="baselines")
+        accepted += fingerprint.check_files(folder, cfg, run_data.files, stage="baselines")
         accepted += fingerprint.check_input(folder, cfg, BASELINE_BLOCKS)
         upstream.append(folder)
         df = _aligned(folder / "oof.parquet", cv_ids, "cv")
@@ -237,7 +236,8 @@ def run(cfg: DictConfig) -> Path:
             by = read_json(written).get("stage") if written.is_file() else "predict"
             by = by if by in ("predict", "ensemble") else "predict"
             folder = require_stage_output(preds_dir, stage=by, files=[PREDICTIONS])
-            require_fresh(folder, [*run_data.files, run_data.data_dir / TEST], stage="predict")
+            data_files = [*run_data.files, run_data.data_dir / TEST]
+            accepted.extend(fingerprint.check_files(folder, cfg, data_files, stage="predict"))
             accepted.extend(fingerprint.check_input(folder, cfg, ()))
             upstream.append(folder)
             preds = _aligned(folder / PREDICTIONS, ids, what)
