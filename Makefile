@@ -26,7 +26,7 @@ FOLD_ARG = $(if $(FOLD),stages.teacher.folds=$(FOLD))
 DISTILL_FOLD_ARG = $(if $(FOLD),stages.distill.folds=$(FOLD))
 
 .PHONY: help setup test test-slow test-all lint format demo pipeline demo-data data tiny-models tokenize \
-	pretrain train-teacher dump-logits pseudo-label distill merge quantize predict predict-holdout baselines report plan kaggle-package clean \
+	pretrain train-teacher dump-logits pseudo-label distill full merge quantize predict predict-holdout baselines report plan kaggle-package clean \
 	test-gpu test-kill \
 	bench bench-gpu
 
@@ -44,7 +44,8 @@ help:
 	@echo "make lint       ruff"
 	@echo "stages (ARGS=\"hydra overrides\"): demo-data data tiny-models tokenize"
 	@echo "  pretrain train-teacher dump-logits pseudo-label distill (MODEL=name, FOLD=k, LAUNCH=\"accelerate launch ...\")"
-	@echo "  merge quantize predict ensemble predict-holdout baselines report kaggle-package"
+	@echo "  full (the student on every row: pipeline.final=full) merge quantize predict ensemble"
+	@echo "  predict-holdout baselines report kaggle-package"
 	@echo "make test-stale the stale-input tests (fingerprints, refusals naming what changed)"
 	@echo "make plan       projected prediction time on a device (stages.plan.*: lengths, rows, device)"
 	@echo "make stack      level-2 LR over the student, baselines and length features (stages.stack.*)"
@@ -122,6 +123,12 @@ pseudo-label: setup
 # the student (pipeline.student) over all folds, distilled from every teacher's logits
 distill: setup
 	$(TRAIN_STAGE) distill $(ARGS) model=$(STUDENT) $(DISTILL_FOLD_ARG)
+
+# pipeline.final=full: the student once more on every cv and extra row, the fold students'
+# settings (runs/<run>/full); then merged alone and quantized: make merge ARGS="stages.merge.source=runs/<run>/full
+# stages.merge.out_dir=runs/<run>/full_merged" (the pipeline's "merge full" / "quantize full" steps)
+full: setup
+	$(TRAIN_STAGE) full $(ARGS) model=$(STUDENT)
 
 # the student's fold LoRAs -> one model (runs/<run>/merged)
 merge: setup

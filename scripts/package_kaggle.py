@@ -4,23 +4,43 @@
         --kaggle-user me --slug arena-distill-gemma2 -- experiment=first_place model=gemma2_9b
     python scripts/package_kaggle.py --model-dir runs/demo/models/tiny_llama --out dist/kaggle \\
         --kaggle-user me --no-deps -- experiment=demo model=tiny_llama
+    python scripts/package_kaggle.py --run-dir runs/first_place --final folds --out dist/kaggle \\
+        --kaggle-user me -- experiment=first_place model=gemma2_9b
 
 Layout of ``--out`` (replaced as a whole, atomically)::
 
     dataset-metadata.json    what `kaggle datasets create` reads: title, id (<user>/<slug>), licence
     model/                   the model folder (config.json, weights, tokenizer) and
-                             arena_distill_prompt.json (prompt, model config, predict settings)
-                             and, when the run has one, stacker/ (the stack stage's level-2
-                             model: stacker.json + baseline_<name>.npz; --no-stacker: none)
+                             arena_distill_prompt.json (prompt, model config, predict settings,
+                             the final model) and, when the run has one, stacker/ (the stack
+                             stage's level-2 model: stacker.json + baseline_<name>.npz;
+                             --no-stacker: none); final folds: the BASE model here and
+                             folds/fold_<k>/ (each fold student's LoRA adapter)
     wheels/                  arena_distill-<version>-py3-none-any.whl (+ the pinned dependencies)
 
-The model: ``--model-dir``, or from ``--run-dir`` its ``quantized/`` (the quantize stage's
-output: GPTQ, bitsandbytes LLM.int8 or fp16) folder, else ``merged/``. A folder without a
-tokenizer gets the one of the config's ``model.name_or_path`` (or ``--tokenizer-dir``). The
-prompt/model/predict config comes from the run's composed config: Hydra overrides after ``--``
-(composed with ``arena_distill.config.compose``) or, without any, the newest Hydra log of the
-run (``<run-dir>/logs/<stage>/<time>/.hydra/config.yaml`` of quantize, merge, predict or
-distill).
+The final model (``--final``, default the run config's ``pipeline.final``):
+
+* ``merge``: ``--model-dir``, or from ``--run-dir`` its ``quantized/`` (the quantize stage's
+  output: GPTQ, bitsandbytes LLM.int8 or fp16) folder, else ``merged/``;
+* ``full`` (the student trained on every row, merged alone and quantized): the same, from the
+  run's ``full_quantized/``, else ``full_merged/`` (``stages.full``'s default folders); it ships
+  and predicts like the merge's single model;
+* ``folds``: the base model once (``--model-dir``, else the config's ``model.name_or_path``: a
+  folder, or a hub id found in the local Hugging Face cache) and every fold student's LoRA
+  adapter (``--folds-dir``, default ``<run-dir>/students/<model>``: ``fold_<k>/adapter``) as
+  ``model/folds/fold_<k>/``; ``kaggle.predict_csv`` predicts with each and averages them. Each
+  fold is one more forward pass per test row: the run's ``plan/plan.json`` (``make plan
+  ARGS="pipeline.final=folds stages.plan.rows=25000 ..."``) must show a plan of the K folds that
+  fits the budget, else the package is refused (``--allow-over-budget`` ships it anyway: the
+  predictor then averages only the folds that fit); without such a plan, a warning. The base
+  ships in its own dtype, unquantized: a 9B base in 16 bits (about 18 GB) does not fit one
+  16 GB T4.
+
+A folder without a tokenizer gets the one of the config's ``model.name_or_path`` (or
+``--tokenizer-dir``). The prompt/model/predict config comes from the run's composed config:
+Hydra overrides after ``--`` (composed with ``arena_distill.config.compose``) or, without any,
+the newest Hydra log of the run (``<run-dir>/logs/<stage>/<time>/.hydra/config.yaml`` of
+quantize, merge, predict, distill, full or ensemble).
 
 The wheels: the project's own (``pip wheel . --no-deps``, built from a copy of the sources so
 the checkout stays clean; it holds no ``configs/``: ``arena_distill.kaggle`` needs none) and,
@@ -79,8 +99,9 @@ from omegaconf import DictConfig, OmegaConf
 from arena_distill import settings as config
 from arena_distill.config import REPO_ROOT, compose
 from arena_distill.io import atomic_dir
-from arena_distill.kaggle import PROMPT_FILE, write_prompt_file
+from arena_distill.kaggle import FOLDS_DIR, PROMPT_FILE, write_prompt_file
 from arena_distill.quantize_methods import FolderMethodError, folder_method
+from arena_distill.settings import FINAL_MODELS
 from arena_distill.stacking import STACKER_DIR, STACKER_FILE
 
 log = logging.getLogger("package_kaggle")
@@ -118,8 +139,9 @@ KAGGLE_GLIBC_MINOR = 35
 # sdist-only on PyPI but pure Python: built here into a wheel that installs anywhere
 PURE_SDISTS = ("antlr4-python3-runtime", "logbar", "device-smi", "tokenicer", "defuser")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-RUN_MODEL_DIRS = ("quantized", "merged")
-LOG_STAGES = ("quantize", "merge", "predict", "distill")
+# the model folders of a run, by pipeline.final (the first one holding a model is shipped)
+RUN_MODEL_DIRS = {"merge": ("quantized", "merged"), "full": ("full_quantized", "full_merged")}
+LOG_STAGES = ("quantize", "merge", "predict", "distill", "full", "ensemble")
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{3,48}[a-z0-9]$")
 
 
@@ -207,17 +229,118 @@ def run_prior(run_dir: Path | None) -> list[float] | None:
     return class_prior(labels.to_numpy()).tolist()
 
 
-def choose_model_dir(run_dir: Path | None, model_dir: Path | None) -> Path:
+def choose_model_dir(run_dir: Path | None, model_dir: Path | None, final: str = "merge") -> Path:
     if model_dir is not None:
         candidates = [model_dir]
     elif run_dir is not None:
-        candidates = [run_dir / d for d in RUN_MODEL_DIRS]
+        candidates = [run_dir / d for d in RUN_MODEL_DIRS[final]]
     else:
         raise SystemExit("give --run-dir or --model-dir")
     for c in candidates:
         if (c / "config.json").is_file():
             return c
     raise SystemExit(f"no model folder (config.json) in {[str(c) for c in candidates]}")
+
+
+def base_model_dir(name_or_path: str) -> Path:
+    """The base model of a folds package: a folder, or a hub id's snapshot in the local cache."""
+    if (Path(name_or_path) / "config.json").is_file():
+        return Path(name_or_path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name_or_path, local_files_only=True))
+    except Exception as e:  # noqa: BLE001 (not cached, not a hub id, offline)
+        raise SystemExit(
+            f"the base model {name_or_path!r} is neither a folder nor in the local Hugging Face "
+            f"cache ({type(e).__name__}); give --model-dir <the base model folder>"
+        ) from e
+
+
+def fold_adapter_dirs(folds_dir: Path, run_dir: Path | None) -> list[Path]:
+    """``fold_<k>/adapter`` of every fold of a per-fold stage's output (every fold of the run's
+    folds file when ``run_dir`` has one)."""
+    found = sorted(
+        (
+            p
+            for p in folds_dir.glob("fold_*/adapter")
+            if p.parent.name.removeprefix("fold_").isdigit()
+            and (p / "adapter_config.json").is_file()
+        ),
+        key=lambda p: int(p.parent.name.removeprefix("fold_")),
+    )
+    want = None
+    if run_dir is not None and (run_dir / "data" / "folds.csv").is_file():
+        from arena_distill.data.folds import read_folds
+        from arena_distill.layout import n_folds
+
+        want = n_folds(read_folds(run_dir / "data" / "folds.csv"))
+    names = [p.parent.name for p in found]
+    expected = [f"fold_{k}" for k in range(want if want is not None else len(found))]
+    if not found or names != expected:
+        raise SystemExit(
+            f"{folds_dir}: fold adapters {names or 'none'}, expected {expected or 'fold_0 ...'} "
+            "(run the distill stage for every fold, or give --folds-dir)"
+        )
+    return found
+
+
+def check_folds_plan(run_dir: Path | None, n_folds: int, allow_over_budget: bool) -> None:
+    """Refuse a folds package whose run plan (``plan/plan.json`` of ``make plan`` with
+    ``pipeline.final=folds``) fits no plan in the time budget; warn when there is none."""
+    path = None if run_dir is None else run_dir / "plan" / "plan.json"
+    hint = 'make plan ARGS="pipeline.final=folds stages.plan.rows=25000 <the run\'s overrides>"'
+    if path is None or not path.is_file():
+        log.warning(
+            "no time plan of the %d fold students (%s): %d forward passes per test row; "
+            "project them first with `%s`",
+            n_folds,
+            path or "no --run-dir",
+            n_folds,
+            hint,
+        )
+        return
+    plan = json.loads(path.read_text())
+    if int(plan.get("models") or 1) != n_folds:
+        log.warning(
+            "%s projects %s model(s), not the %d fold students: rerun `%s`",
+            path,
+            plan.get("models"),
+            n_folds,
+            hint,
+        )
+        return
+    chosen = plan.get("chosen")
+    if chosen is None:
+        message = (
+            f"{path}: no plan of the {n_folds} fold students fits the time budget "
+            f"({plan.get('budget_s', 0) / 3600:.2f} h with the safety margin), not even the "
+            "cheapest; on Kaggle the predictor would average only the folds that fit. Ship "
+            "--final merge or full (one forward pass per row), or --allow-over-budget"
+        )
+        if not allow_over_budget:
+            raise SystemExit(message)
+        log.warning("%s (shipped anyway: --allow-over-budget)", message)
+        return
+    log.info(
+        "%s: the %d fold students fit: max_length %s, TTA %s, %.2f h projected",
+        path,
+        n_folds,
+        chosen["max_length"],
+        chosen["tta"],
+        chosen["seconds"] / 3600,
+    )
+
+
+def copy_adapters(adapters: list[Path], dest: Path) -> list[str]:
+    """Each fold adapter as ``dest/folds/fold_<k>/`` (its config and weights); returns their
+    paths relative to ``dest``."""
+    out = []
+    for adapter in adapters:
+        rel = f"{FOLDS_DIR}/{adapter.parent.name}"
+        shutil.copytree(adapter, dest / rel, ignore=shutil.ignore_patterns(".*", "README.md"))
+        out.append(rel)
+    return out
 
 
 def copy_model(model_dir: Path, dest: Path, tokenizer_dir: Path | None) -> None:
@@ -332,9 +455,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         epilog="Hydra overrides of the run (e.g. experiment=first_place model=gemma2_9b) go "
         "after the options, best after --.",
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run-dir", type=Path, help="run folder: uses quantized/, else merged/")
-    src.add_argument("--model-dir", type=Path, help="a full classifier folder")
+    p.add_argument("--run-dir", type=Path, help="run folder: uses quantized/, else merged/")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        help="a full classifier folder (--final folds: the base model folder)",
+    )
+    p.add_argument(
+        "--final",
+        choices=FINAL_MODELS,
+        help="the final model to ship (default: the run config's pipeline.final)",
+    )
+    p.add_argument(
+        "--folds-dir",
+        type=Path,
+        help="--final folds: the fold students (fold_<k>/adapter; default "
+        "<run-dir>/students/<model>)",
+    )
+    p.add_argument(
+        "--allow-over-budget",
+        action="store_true",
+        help="--final folds: ship even when the run's plan fits no plan of the K folds",
+    )
     p.add_argument("--tokenizer-dir", type=Path, help="when the model folder has no tokenizer")
     p.add_argument("--out", type=Path, required=True, help="the dataset folder (replaced)")
     p.add_argument("--kaggle-user", required=True)
@@ -353,7 +495,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-stacker", action="store_true", help="ship the model without the stacker")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the run's config")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.run_dir is None and args.model_dir is None:
+        p.error("give --run-dir or --model-dir")
+    return args
 
 
 def choose_stacker_dir(args: argparse.Namespace) -> Path | None:
@@ -375,10 +520,24 @@ def main(argv: Sequence[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     metadata = dataset_metadata(args.kaggle_user, args.slug, args.title)
-    model_dir = choose_model_dir(args.run_dir, args.model_dir)
+    cfg, cfg_source = run_config(args.run_dir, args.overrides)
+    final = args.final or str(config.pipeline(cfg).final)
+    adapters: list[Path] = []
+    if final == "folds":
+        model_dir = args.model_dir or base_model_dir(str(cfg.model.name_or_path))
+        folds_dir = args.folds_dir or (
+            None if args.run_dir is None else args.run_dir / "students" / str(cfg.model.name)
+        )
+        if folds_dir is None:
+            raise SystemExit("--final folds: give --run-dir or --folds-dir")
+        adapters = fold_adapter_dirs(folds_dir, args.run_dir)
+        check_folds_plan(args.run_dir, len(adapters), args.allow_over_budget)
+    elif args.run_dir is not None and args.model_dir is not None:
+        raise SystemExit("give --run-dir or --model-dir, not both (both: --final folds only)")
+    else:
+        model_dir = choose_model_dir(args.run_dir, args.model_dir, final)
     method = model_method(model_dir)
     log.info("%s holds a %s model: wheels %s", model_dir, method, sorted(KAGGLE_DEPS[method]))
-    cfg, cfg_source = run_config(args.run_dir, args.overrides)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     prompt = OmegaConf.to_container(cfg.prompt, resolve=True)
     # the prediction settings without the run's paths (settings.PredictStageSettings.predict)
@@ -387,6 +546,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     with atomic_dir(args.out) as tmp:
         copy_model(model_dir, tmp / "model", tokenizer_dir)
+        shipped = {"kind": final}
+        if adapters:
+            shipped["adapters"] = copy_adapters(adapters, tmp / "model")
+            shipped["source"] = str(adapters[0].parent.parent.resolve())
+            log.info("%d fold adapters shipped on the base %s", len(adapters), model_dir)
         stacker_dir = choose_stacker_dir(args)
         if stacker_dir is not None:
             shutil.copytree(stacker_dir, tmp / "model" / STACKER_DIR)
@@ -398,6 +562,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             predict=predict,
             source={"model_dir": str(model_dir.resolve()), "config": cfg_source},
             prior=run_prior(args.run_dir),
+            final=shipped,
         )
         wheels = tmp / "wheels"
         wheels.mkdir()
@@ -412,7 +577,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
                     "add --find-links to a folder with one, or --without NAME"
                 )
         (tmp / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-    print(f"Kaggle dataset folder: {args.out} (model/ with {PROMPT_FILE}, wheels/; {method})")
+    what = f"{method}; final {final}" + (f", {len(adapters)} fold adapters" if adapters else "")
+    print(f"Kaggle dataset folder: {args.out} (model/ with {PROMPT_FILE}, wheels/; {what})")
     print("upload it with:")
     print(f"  kaggle datasets create -p {args.out} --dir-mode zip")
     print(f'  (a new version later: kaggle datasets version -p {args.out} -m "..." --dir-mode zip)')

@@ -83,8 +83,29 @@ def test_the_final_model_is_chosen_by_oof_evidence_only():
     fm = final_model(oof, 3)
     assert fm["recommended"] == "folds" and fm["student"] == "student/s"
     assert fm["evidence"] == {"folds": 0.98, "baseline/tfidf_lr": 1.01, "baseline/prior": 1.09}
-    assert fm["inference_passes"] == {"merge": 1, "folds": 3}
+    assert fm["inference_passes"] == {"merge": 1, "folds": 3, "full": 1}
+    # the merge and the student on every row have no OOF of their own: named, never ranked
+    assert set(fm["no_oof"]) == {"merge", "full"} and "full" not in fm["evidence"]
+    assert "no out-of-fold score" in fm["no_oof"]["full"]
+    assert fm["student_runs"] == {"merge": 3, "folds": 3, "full": 4}
     # a baseline (or a stacker) with a lower OOF log loss is the recommendation
     worse = {**oof, "student/s+tta": 1.05, "stacked": 0.97}
     assert final_model(worse, 3)["recommended"] == "stacked"
     assert final_model({"teacher/t": 0.9}, 3) is None
+
+
+def test_the_report_scores_the_full_student_on_the_holdout_only_and_says_why():
+    """A holdout ``full`` row better than everything still does not make it the
+    recommendation; the report's text says it has no OOF score."""
+    from arena_distill.report.metrics import recipe_gains
+    from arena_distill.report.render import section_final_model
+
+    oof = {"student/s": 1.00, "student/s+tta": 0.98, "baseline/tfidf_lr": 1.01}
+    holdout = {"folds_mean": 0.99, "full": 0.90, "quantized": 1.00}
+    fm = final_model(oof, 5)
+    assert fm["recommended"] == "folds"
+    text = section_final_model({"final_model": fm}, plots=False).markdown()
+    assert "`full`" in text and "no out-of-fold score" in text and "6" in text
+    gains = {g["step"]: g for g in recipe_gains(oof, holdout)}
+    refit = gains["refit on every row"]
+    assert refit["compared"] == "folds_mean → full" and refit["gain"] == pytest.approx(0.09)

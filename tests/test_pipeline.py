@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
+from arena_distill import pipeline
 from arena_distill.config import compose
-from arena_distill.pipeline import model_paths_of, plan, read_state, run_pipeline
+from arena_distill.pipeline import model_paths_of, plan, read_state, run_pipeline, step_key
 from tests.stages.conftest import small_overrides
 
 
@@ -316,7 +317,7 @@ def test_a_baseline_teacher_end_to_end_on_the_tiny_demo(tmp_path):
     )
     submission = pd.read_csv(run_dir / "predictions" / "submission.csv")
     assert submission["id"].astype(str).tolist() == final["id"].tolist()
-    assert metrics["final_model"]["inference_passes"] == {"merge": 1, "folds": 2}
+    assert metrics["final_model"]["inference_passes"] == {"merge": 1, "folds": 2, "full": 1}
     again = run_pipeline([*overrides, "stages.baselines.c=0.5"], dry_run=True)
     # (a dry run does not propagate: what follows the dump reruns once it has run)
     assert [r["label"] for r in again if r["status"] == "would_run"] == [
@@ -337,3 +338,74 @@ def test_the_folds_final_predicts_with_every_fold_student_and_averages():
     ]
     with pytest.raises(Exception, match="pipeline.final"):
         labels(["experiment=demo", "pipeline.final=average"])
+
+
+def test_the_full_final_trains_one_more_student_merges_it_alone_and_predicts_with_it():
+    overrides = ["experiment=demo", "pipeline.final=full"]
+    cfg = compose(overrides)
+    steps = {s.label: s for s in plan(cfg, model_paths_of(cfg, overrides))}
+    got = list(steps)
+    # after the fold merge (kept for the report): the full student, its merge, its quantization
+    assert got[got.index("quantize") + 1 :][:4] == [
+        "full",
+        "merge full",
+        "quantize full",
+        "predict",
+    ]
+    assert not any(x.startswith(("predict fold_", "ensemble")) for x in got)
+    # it learns from the same teachers' dumps as the fold students, with their settings
+    assert steps["full"].needs == steps["distill"].needs
+    assert steps["full"].overrides == ("model=tiny_gemma2",)
+    assert "stages.distill" in pipeline.READS["full"]
+    assert steps["merge full"].needs == ("full", "tiny_models")
+    assert steps["merge full"].overrides[1:] == (
+        "stages.merge.source=${stages.full.out_dir}",
+        "stages.merge.out_dir=${stages.full.merged_dir}",
+    )
+    assert steps["quantize full"].needs == ("data", "merge full")
+    # the test rows and the holdout (the report's `full` row) from the quantized full student
+    for label, out in (("predict", None), ("holdout full", "${run_dir}/holdout/full")):
+        assert steps[label].needs == ("data", "quantize full")
+        assert "stages.predict.model_dir=${stages.full.quantized_dir}" in steps[label].overrides
+        if out:
+            assert f"stages.predict.out_dir={out}" in steps[label].overrides
+    # the stacker's holdout column is the final model's, so the full student's
+    assert steps["stack"].needs[-2:] == ("holdout full", "predict")
+    assert "stages.stack.holdout_dir=${run_dir}/holdout/full" in steps["stack"].overrides
+    assert {"full", "merge full", "quantize full", "holdout full"} <= set(steps["report"].needs)
+    # --only full selects the student and its merge and quantization
+    assert [s.label for s in steps.values() if s.selector == "full"] == [
+        "full",
+        "merge full",
+        "quantize full",
+    ]
+    # the full student does not rerun when only where the fold students go changes
+    state = {n: {"manifest_sha256": "x"} for n in steps}
+    moved = compose([*overrides, "stages.distill.out_dir=/elsewhere"])
+    assert step_key(steps["full"], moved, state) == step_key(steps["full"], cfg, state)
+    slower = compose([*overrides, "stages.distill.lr=1e-4"])
+    assert step_key(steps["full"], slower, state) != step_key(steps["full"], cfg, state)
+
+
+@pytest.mark.slow
+def test_the_full_final_end_to_end_on_the_tiny_demo(tmp_path):
+    """pipeline.final=full on the classical teacher's small chain: the full student, merged
+    alone and quantized, predicts the test rows and gets the report's holdout row."""
+    overrides = [
+        *chain_overrides(tmp_path),
+        "pipeline.teachers=[baseline/tfidf_lr]",
+        "pipeline.student=tiny_llama",
+        "stages.distill.init_from_pretrain=false",
+        "pipeline.final=full",
+    ]
+    records = run_pipeline(overrides)
+    assert all(r["status"] == "ran" for r in records)
+    run_dir = tmp_path / "runs" / "demo"
+    predictions = json.loads((run_dir / "predictions" / "metrics.json").read_text())
+    assert predictions["model_dir"] == str(run_dir / "full_quantized")
+    metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
+    assert {"full", "full+tta", "folds_mean", "quantized"} <= set(metrics["holdout_log_loss"])
+    assert "full" not in metrics["final_model"]["evidence"]
+    assert any(g["step"] == "refit on every row" for g in metrics["recipe_gains"])
+    stack = json.loads((run_dir / "stack" / "manifest.json").read_text())
+    assert any("holdout/full" in str(i.get("path")) for i in stack["inputs"])

@@ -5,15 +5,22 @@ prediction of a row is the mean of the folds' probabilities: the submitted ones 
 after swap-TTA, fallbacks and post-processing), and the plain and TTA columns for the report.
 A log loss is convex in the probabilities, so the average never scores worse than the mean of
 its members' scores (Jensen); it costs one forward pass per fold (``planner``: ``n_models``).
+
+:func:`write_ensemble` writes the averaged output folder; the ``ensemble`` stage and the Kaggle
+predictor of a ``final: folds`` package (``kaggle.predict_csv``) both call it, so the two write
+the same files from the same fold predictions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from arena_distill.io import atomic_dir, write_json, write_manifest
 from arena_distill.layout import (
     FINAL_COLS,
     LOGIT_COLS,
@@ -21,7 +28,8 @@ from arena_distill.layout import (
     SWAP_LOGIT_COLS,
     TTA_PROB_COLS,
 )
-from arena_distill.metrics import probs_from_logits
+from arena_distill.metrics import accuracy, log_loss, probs_from_logits
+from arena_distill.submission import write_submission
 
 AVERAGED = (PROB_COLS, TTA_PROB_COLS, FINAL_COLS)
 # logits of the ensemble: the log of the folds' mean probability in that orientation (a
@@ -58,3 +66,50 @@ def average_predictions(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
         raise ValueError(f"the tables do not all hold the submitted probabilities {FINAL_COLS}")
     out["n_models"] = len(tables)
     return out
+
+
+def ensemble_metrics(table: pd.DataFrame, split: str, n_models: int) -> dict[str, Any]:
+    """The rows, the models averaged and, when every row has a label, the log loss and
+    accuracy of the plain, TTA and submitted probabilities."""
+    metrics: dict[str, Any] = {"split": split, "rows": len(table), "models": int(n_models)}
+    if "label" in table.columns and table["label"].notna().all():
+        y = table["label"].astype(int).to_numpy()
+        metrics["scores"] = {
+            name: {
+                "log_loss": log_loss(table[list(cols)].to_numpy(), y),
+                "accuracy": accuracy(table[list(cols)].to_numpy(), y),
+            }
+            for name, cols in (("plain", PROB_COLS), ("tta", TTA_PROB_COLS), ("final", FINAL_COLS))
+            if set(cols) <= set(table.columns)
+        }
+    return metrics
+
+
+def write_ensemble(
+    out_dir: str | Path,
+    table: pd.DataFrame,
+    *,
+    metrics: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+    sample_ids: Sequence[str] | None = None,
+    clip_eps: float = 1e-6,
+) -> Path:
+    """``out_dir`` written atomically from an averaged table (:func:`average_predictions`):
+    ``submission.csv`` (its ``final_p_*``, validated against its ids and ``sample_ids``),
+    ``predictions.parquet``, ``metrics.json`` and ``manifest.json`` (``manifest``: the keyword
+    arguments of ``io.write_manifest`` but the folder)."""
+    out_dir = Path(out_dir)
+    ids = table["id"].tolist()
+    with atomic_dir(out_dir) as tmp:
+        write_submission(
+            tmp / "submission.csv",
+            ids,
+            table[list(FINAL_COLS)].to_numpy(),
+            expected_ids=ids,
+            sample_ids=sample_ids,
+            clip_eps=float(clip_eps),
+        )
+        table.to_parquet(tmp / "predictions.parquet", index=False)
+        write_json(tmp / "metrics.json", dict(metrics))
+        write_manifest(tmp, **dict(manifest))
+    return out_dir

@@ -59,6 +59,8 @@ PLACE_KEYS = frozenset(
         "students_dir",
         "holdout_dir",
         "baselines_dir",
+        "merged_dir",
+        "quantized_dir",
         "compare_with",
         "progress",
     }
@@ -68,7 +70,13 @@ SKIPPED = frozenset({"stages.teacher.folds", "stages.distill.folds", "data.folds
 # keys a block holds that its outputs do not depend on: the pool (data.unlabelled) is the
 # pseudo_label stage's alone, so a new pool leaves the data stage and every teacher fresh
 NOT_IN_BLOCK: dict[str, tuple[str, ...]] = {"data": ("unlabelled",)}
-VERBS = {"pretrain": "trained", "teacher": "trained", "distill": "trained", "dump_logits": "dumped"}
+VERBS = {
+    "pretrain": "trained",
+    "teacher": "trained",
+    "distill": "trained",
+    "full": "trained",
+    "dump_logits": "dumped",
+}
 _MISSING = object()
 
 

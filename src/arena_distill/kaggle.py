@@ -11,6 +11,14 @@ run's composed config): the prompt/template config the model was trained with, t
 config (family, head, attention, softcapping) and the run's prediction settings. Explicit
 arguments win over the file; without the file the prompt is ``PromptConfig()`` (the 1st-place
 template) and the model config is inferred from ``config.json``, with a warning.
+
+A package of ``pipeline.final: folds`` holds the base model once and every fold student's LoRA
+adapter (``folds/fold_<k>/``, listed in the file's ``final``): :func:`predict_csv` runs the
+predict core once per fold (the base with that adapter, swap-TTA as for a single model) and
+averages the folds' probabilities with the ``ensemble`` stage's code
+(``ensemble.average_predictions`` / ``write_ensemble``). The time guard of fold k counts the
+K − k folds still to run, and a fold that would not fit the time left is skipped (at least one
+fold always runs), so the submission is written in time; :func:`plan_csv` projects the K passes.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -36,10 +44,17 @@ from arena_distill.settings import PredictSettings
 from arena_distill.submission import read_submission, validate_submission, write_submission
 from arena_distill.text import PromptConfig
 
+if TYPE_CHECKING:
+    from arena_distill.predict import PredictRequest
+
 log = logging.getLogger(__name__)
 
 PROMPT_FILE = "arena_distill_prompt.json"
-PROMPT_FILE_FORMAT = 1
+# 1: one model (the folder itself, or with an adapter); 2: the file's ``final`` lists the fold
+# students' adapters (pipeline.final=folds), which an older reader would silently ignore
+PROMPT_FILE_FORMAT = 2
+FOLDS_FINAL = "folds"
+FOLDS_DIR = "folds"  # <model>/folds/fold_<k>/: the fold students' adapters of a folds package
 # settings of a run's ``stages.predict`` that describe the run's machine, not the model
 MACHINE_SETTINGS = ("devices", "progress")
 # config.json ``model_type`` -> the model config's ``family``
@@ -61,14 +76,19 @@ def write_prompt_file(
     predict: Mapping[str, Any] | None = None,
     source: Mapping[str, Any] | None = None,
     prior: Sequence[float] | None = None,
+    final: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write :data:`PROMPT_FILE` into ``model_dir``: prompt, model config (without
     ``name_or_path``, which is wherever the folder ends up), prediction settings, provenance
-    and the class prior of the training rows (what a row the model cannot score gets)."""
+    and the class prior of the training rows (what a row the model cannot score gets).
+    ``final``: which final model the folder holds (``{"kind": "folds", "adapters":
+    ["folds/fold_0", ...]}``: the base model and the fold adapters, relative to the folder;
+    ``{"kind": "merge" | "full"}``: the folder is the model); a folds package is format 2."""
     prompt = prompt if isinstance(prompt, PromptConfig) else PromptConfig.from_dict(prompt)
     model = {k: v for k, v in dict(model_cfg).items() if k != "name_or_path"}
+    folds = final is not None and final.get("kind") == FOLDS_FINAL
     data = {
-        "format": PROMPT_FILE_FORMAT,
+        "format": PROMPT_FILE_FORMAT if folds else 1,
         "prompt": prompt.to_dict(),
         "model": model,
         "predict": dict(predict or {}),
@@ -76,6 +96,8 @@ def write_prompt_file(
     }
     if prior is not None:
         data["prior"] = [float(x) for x in prior]
+    if final is not None:
+        data["final"] = dict(final)
     path = Path(model_dir) / PROMPT_FILE
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
@@ -93,6 +115,22 @@ def read_prompt_file(model_dir: str | Path) -> dict[str, Any] | None:
             f"{PROMPT_FILE_FORMAT} (install the wheel the model was packaged with)"
         )
     return data
+
+
+def fold_adapters(model_dir: str | Path, info: Mapping[str, Any] | None) -> list[Path]:
+    """The fold students' adapter folders of a ``final: folds`` package (none for a single
+    model); every one must be there."""
+    final = (info or {}).get("final") or {}
+    if final.get("kind") != FOLDS_FINAL:
+        return []
+    adapters = [Path(model_dir) / a for a in final.get("adapters") or []]
+    missing = [str(a) for a in adapters if not (a / "adapter_config.json").is_file()]
+    if not adapters or missing:
+        raise FileNotFoundError(
+            f"{model_dir}/{PROMPT_FILE} lists the fold adapters {final.get('adapters')}; "
+            f"missing: {missing or 'all (none listed)'}"
+        )
+    return adapters
 
 
 def infer_model_cfg(model_dir: str | Path) -> dict[str, Any]:
@@ -193,6 +231,12 @@ def predict_csv(
     orientations, else ``stacked``): the model's logits, the shipped baselines and the length
     features of the row, plain numpy (``stacking.load_stacker_dir``), what the stage wrote to
     ``stack/submission.csv`` for the run's test rows. ``submission.json`` counts them.
+
+    A ``final: folds`` package (:func:`fold_adapters`; ``adapter_dir`` not given) is predicted
+    once per fold student into ``<work_dir>/fold_predictions/fold_<k>/`` and averaged into
+    ``<work_dir>/predictions/`` (the ``ensemble`` stage's files); the stacker then reads the
+    averaged logits (the log of the folds' mean probability), as the stack stage does with
+    ``pipeline.final=folds``. ``submission.json`` says how many folds were averaged.
     """
     t_start = time.perf_counter() if started_at is None else float(started_at)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -282,8 +326,10 @@ def _predict_csv(
     model_cfg = {**dict(model_cfg), "name_or_path": str(model_dir)}
     predict = prediction_settings(info, settings)
     out_dir = work_dir / "predictions"
+    adapters = fold_adapters(model_dir, info) if adapter_dir is None else []
     log.info("%d rows of %s -> %s (model %s, %s)", len(rows), test_csv, out_csv, model_dir, predict)
     predicted: dict[str, np.ndarray] = {}
+    folds_info = None
     if len(rows):
         with tempfile.TemporaryDirectory(prefix="arena-tokens-") as cache_dir:
             request = PredictRequest(
@@ -305,7 +351,12 @@ def _predict_csv(
                 },
                 t_start=t_start,
             )
-            predict_rows(request, predict)
+            if adapters:
+                folds_info = predict_folds(
+                    request, adapters, predict, work_dir / "fold_predictions"
+                )
+            else:
+                predict_rows(request, predict)
         sub = read_submission(out_dir / "submission.csv")
         predicted = dict(zip(sub["id"].astype(str), sub.iloc[:, 1:].to_numpy(), strict=True))
     n_stacked = 0
@@ -340,10 +391,112 @@ def _predict_csv(
             "prior_probs": prior.tolist(),
             "fallback": False,
             "stacked": n_stacked,
+            **({"folds": folds_info} if folds_info is not None else {}),
         },
     )
     log.info("submission written: %s (%d rows, %d at the prior)", out_csv, len(ids), len(reasons))
     return out_csv
+
+
+def predict_folds(
+    request: PredictRequest,
+    adapters: Sequence[Path],
+    settings: PredictSettings,
+    folds_dir: Path,
+) -> dict[str, Any]:
+    """Every fold student of a ``final: folds`` package predicts ``request.rows`` (the base
+    model with its adapter, through ``predict.predict_rows``, into ``folds_dir/fold_<k>``),
+    then their mean goes to ``request.out_dir`` (``ensemble.write_ensemble``, the ensemble
+    stage's files). Fold k's guard plans for the K − k folds left (``PredictRequest.passes``);
+    with a time budget, a fold is skipped when the time left is less than the folds so far
+    took on average (at least one fold runs), and a fold that fails after others succeeded
+    ends the loop with those. Returns what ran: folds planned, averaged, skipped, the one
+    that failed (None)."""
+    from arena_distill.ensemble import average_predictions, ensemble_metrics, write_ensemble
+    from arena_distill.predict import budget_seconds, predict_rows
+
+    t_start = time.perf_counter() if request.t_start is None else float(request.t_start)
+    budget = budget_seconds(settings.time_budget_hours, settings.time_budget_safety)
+    tables, per_fold, skipped = [], [], []
+    failed = None
+    started = time.perf_counter()
+    for k, adapter in enumerate(adapters):
+        now = time.perf_counter()
+        if tables and now - t_start + (now - started) / len(tables) > budget:
+            skipped = list(range(k, len(adapters)))
+            log.warning(
+                "time budget: folds %s skipped (%.0f s used of %.0f s, %.0f s per fold): the "
+                "submission averages %d of %d fold students",
+                skipped,
+                now - t_start,
+                budget,
+                (now - started) / len(tables),
+                len(tables),
+                len(adapters),
+            )
+            break
+        out = folds_dir / f"fold_{k}"
+        fold_request = dataclasses.replace(
+            request, adapter_dir=adapter, out_dir=out, passes=len(adapters) - k
+        )
+        log.info("fold %d of %d: %s", k + 1, len(adapters), adapter)
+        try:
+            predict_rows(fold_request, settings)
+        except Exception:
+            if not tables:  # nothing to average: predict_csv's own fallback decides
+                raise
+            failed = k
+            log.exception(
+                "fold %d failed: the submission averages the %d folds done", k, len(tables)
+            )
+            break
+        tables.append(pd.read_parquet(out / "predictions.parquet"))
+        fold_metrics = json.loads((out / "metrics.json").read_text())
+        per_fold.append(
+            {
+                "fold": k,
+                "adapter": str(adapter),
+                **{
+                    key: fold_metrics.get(key)
+                    for key in ("seconds", "inference_seconds", "tta", "max_length", "devices")
+                },
+                "guard": (fold_metrics.get("guard") or {}).get("action"),
+            }
+        )
+    table = average_predictions(tables)
+    inference_s = sum(f["inference_seconds"] or 0.0 for f in per_fold)
+    info = {
+        "planned": len(adapters),
+        "averaged": len(tables),
+        "skipped": skipped,
+        "failed": failed,
+    }
+    metrics = {
+        **ensemble_metrics(table, "test", len(tables)),
+        "seconds": round(time.perf_counter() - t_start, 3),
+        "rows_per_s": len(table) * len(tables) / inference_s if inference_s > 0 else None,
+        "devices": per_fold[0]["devices"],
+        "tta": all(f["tta"] for f in per_fold),
+        "max_length": min(f["max_length"] for f in per_fold),
+        "guard": {"action": ", ".join(f"fold_{f['fold']}: {f['guard']}" for f in per_fold)},
+        "folds": {**info, "per_fold": per_fold},
+    }
+    write_ensemble(
+        request.out_dir,
+        table,
+        metrics=metrics,
+        # the predicted rows only, as predict_rows writes them: predict_csv fills in the ids
+        # without a prediction and checks the submission against the sample's ids
+        sample_ids=None,
+        clip_eps=float(settings.clip_eps),
+        manifest={
+            "stage": "ensemble",
+            "config": {**dict(request.manifest_config or {}), "final": FOLDS_FINAL},
+            "inputs": [folds_dir / f"fold_{f['fold']}" / "manifest.json" for f in per_fold],
+            "outputs": {"rows": len(table), "models": len(tables), **info},
+        },
+    )
+    return info
 
 
 def stacker_path(model_dir: str | Path) -> Path | None:
@@ -467,7 +620,11 @@ def plan_csv(
     prompt, FLOPs from its ``config.json``, the device's rate from ``planner.DEVICES``
     (``device`` default: the visible GPU's kind, ``t4`` for a Tesla T4; ``cpu`` without one)
     times ``n_devices`` (default: every visible GPU). The guard inside :func:`predict_csv`
-    then measures the real rate on the first batches and decides; this is the forecast."""
+    then measures the real rate on the first batches and decides; this is the forecast.
+
+    A ``final: folds`` package costs one forward pass per fold student and row: the projection
+    counts K passes, and when no plan fits the budget a warning says so (the predictor then
+    averages only the folds that fit, at least one)."""
     import torch
 
     from arena_distill import planner
@@ -502,6 +659,7 @@ def plan_csv(
         )
     ids = rows["id"].astype(str).tolist()
     lengths = {o: [len(enc[(i, o)]) for i in ids] for o in (False, True)}
+    n_models = len(fold_adapters(model_dir, info)) or 1
     plans = planner.project(
         lengths,
         planner.Architecture.of(model_dir),
@@ -512,9 +670,23 @@ def plan_csv(
         max_tokens=predict.max_tokens_per_batch,
         budget_s=budget_seconds(predict.time_budget_hours, predict.time_budget_safety),
         fixed_seconds=fixed_seconds,
+        scale=float(n_models),
     )
     header = f"{len(ids)} rows of {test_csv} on {n} x {device} ({rate.flops_per_s / 1e12:.2f} TFLOP/s each)"
-    return planner.render(plans, planner.choose(plans), header)
+    if n_models > 1:
+        header += (
+            f"; final model: the {n_models} fold students averaged (final: folds), "
+            f"{n_models} forward passes per row"
+        )
+    chosen = planner.choose(plans)
+    text = planner.render(plans, chosen, header)
+    if n_models > 1 and chosen is None:
+        text += (
+            f"\nWARNING: the {n_models} fold students do not fit the time budget with any plan: "
+            "the predictor averages only the folds that fit (at least one). Ship "
+            "pipeline.final=merge or full (one pass per row), or fewer folds, to use them all."
+        )
+    return text
 
 
 def read_metrics(out_csv: str | Path, work_dir: str | Path | None = None) -> dict[str, Any]:

@@ -14,7 +14,10 @@ too) when ``data.unlabelled`` names a pool, the CE-only student when ``pipeline.
 fold's student) when ``data.holdout_frac > 0``. A teacher named ``baseline/<name>`` (a
 classical teacher) has no model and no training: only its logit dump, fitted per fold. With
 ``pipeline.final: folds`` the test rows are predicted by every fold's student and averaged
-(``ensemble``) instead of by the quantized merge (which still runs, for the report).
+(``ensemble``) instead of by the quantized merge (which still runs, for the report); with
+``pipeline.final: full`` one more student is trained on every cv and extra row (``full``),
+merged alone and quantized (``merge full``, ``quantize full``) and predicts the test and
+holdout rows (``predict``, ``holdout full``); the fold merge still runs, for the report.
 
 A step whose output is complete and fresh is skipped: ``<run_dir>/pipeline.json`` records for
 every step a key (the sha256 of the config blocks the stage reads and of the manifests of the
@@ -22,7 +25,8 @@ steps it reads from) and the sha256 of the manifest its output was left with. A 
 step when its key is the same and its output still holds that manifest; a changed setting, a
 recomputed input or a touched output runs it again, and every step after it that reads it.
 ``--force`` runs every selected step; ``--only stage[,stage]`` selects steps by stage name
-(``holdout`` selects the holdout predictions).
+(``holdout`` selects the holdout predictions, ``full`` the full student with its merge and
+quantization).
 
 Each step logs one progress line when it starts and ends (elapsed time, an estimate of the
 time left from the previous run's step times or, on a first run, from typical shares) and
@@ -82,6 +86,15 @@ READS: dict[str, tuple[str, ...]] = {
     "teacher": ("model", "prompt", "logging", "stages.pretrain"),
     "dump_logits": ("model", "prompt", "stages.teacher"),
     "distill": ("model", "prompt", "logging", "pipeline.teachers", "stages.pretrain"),
+    # the student on every row trains with the fold students' settings (stages.distill)
+    "full": (
+        "model",
+        "prompt",
+        "logging",
+        "pipeline.teachers",
+        "stages.pretrain",
+        "stages.distill",
+    ),
     "merge": ("model",),
     "quantize": ("prompt",),
     "predict": ("model", "prompt", "data.sample_submission"),
@@ -99,7 +112,12 @@ READS: dict[str, tuple[str, ...]] = {
 }
 # Keys of a READS block a stage does not read: ``data.unlabelled`` is the pseudo_label stage's
 # alone, so adding a pool reruns it and the student, not the data stage and every teacher.
-NOT_READ: dict[str, dict[str, tuple[str, ...]]] = {"data": {"data": ("unlabelled",)}}
+# The full student reads stages.distill's training settings, not where the fold students go
+# nor which folds a run trains.
+NOT_READ: dict[str, dict[str, tuple[str, ...]]] = {
+    "data": {"data": ("unlabelled",)},
+    "full": {"stages.distill": ("out_dir", "folds")},
+}
 # Typical share of a stage in the demo's time (from its manifests), for the first run's estimate.
 TYPICAL_SECONDS: dict[str, float] = {
     "demo_data": 2,
@@ -110,6 +128,7 @@ TYPICAL_SECONDS: dict[str, float] = {
     "teacher": 65,
     "dump_logits": 18,
     "distill": 120,
+    "full": 50,
     "merge": 5,
     "quantize": 25,
     "predict": 8,
@@ -231,6 +250,37 @@ def plan(cfg: DictConfig, model_paths: dict[str, str]) -> list[Step]:
         )
     add("merge", "merge", f"model={student}", needs=["distill", "tiny_models"])
     add("quantize", "quantize", f"model={student}", needs=["data", "merge"])
+    full = pipe.final == "full"
+    if full:
+        # one more student on every cv and extra row, merged alone and quantized: the model
+        # that predicts the test and holdout rows (the fold merge above stays for the report)
+        add(
+            "full",
+            "full",
+            f"model={student}",
+            *student_extra,
+            needs=[*base, f"pretrain {student}", *dumps, "pseudo_label"],
+        )
+        add(
+            "merge full",
+            "merge",
+            f"model={student}",
+            "stages.merge.source=${stages.full.out_dir}",
+            "stages.merge.out_dir=${stages.full.merged_dir}",
+            needs=["full", "tiny_models"],
+            group="full",
+        )
+        add(
+            "quantize full",
+            "quantize",
+            f"model={student}",
+            "stages.quantize.source=${stages.full.merged_dir}",
+            "stages.quantize.out_dir=${stages.full.quantized_dir}",
+            needs=["data", "merge full"],
+            group="full",
+        )
+    # the folder the full student predicts from (the quantize stage's default: the merge's)
+    full_model = "stages.predict.model_dir=${stages.full.quantized_dir}"
     if data.get("test") is not None and pipe.final == "folds":
         # the final model is the fold students' averaged predictions: every fold's student
         # predicts the test rows, the ensemble stage averages them into predictions/
@@ -248,7 +298,13 @@ def plan(cfg: DictConfig, model_paths: dict[str, str]) -> list[Step]:
         folds = [f"predict fold_{k}" for k in range(int(data.folds.n_folds))]
         add("ensemble", "ensemble", needs=["data", *folds])
     elif data.get("test") is not None:
-        add("predict", "predict", f"model={student}", needs=["data", "quantize"])
+        add(
+            "predict",
+            "predict",
+            f"model={student}",
+            *((full_model,) if full else ()),
+            needs=["data", "quantize full" if full else "quantize"],
+        )
     if float(data.holdout_frac) > 0:
         holdout = [f"model={student}", "stages.predict.split=holdout"]
         for name in ("merged", "quantized"):
@@ -272,12 +328,36 @@ def plan(cfg: DictConfig, model_paths: dict[str, str]) -> list[Step]:
                 needs=["data", "tiny_models", "distill"],
                 group="holdout",
             )
+        if full:
+            # the report's `full` row: the shipped (quantized) full student on the holdout
+            add(
+                "holdout full",
+                "predict",
+                *holdout,
+                full_model,
+                "stages.predict.out_dir=${run_dir}/holdout/full",
+                needs=["data", "quantize full"],
+                group="holdout",
+            )
     add("baselines", "baselines", needs=["data"])
+    # the stacker applied to the final model's logits: on the holdout, the full student's
+    # when it is the final model (else the quantized merge's, as before)
     add(
         "stack",
         "stack",
         f"model={student}",
-        needs=["data", "distill", "baselines", "holdout quantized", "predict"],
+        *(
+            ("stages.stack.holdout_dir=${run_dir}/holdout/full",)
+            if full and float(data.holdout_frac) > 0
+            else ()
+        ),
+        needs=[
+            "data",
+            "distill",
+            "baselines",
+            "holdout full" if full else "holdout quantized",
+            "predict",
+        ],
     )
     add("report", "report", needs=[s.label for s in steps])
     return steps

@@ -256,3 +256,73 @@ def to_json(rows: Sequence[PlanRow], chosen: PlanRow | None, **info) -> dict:
         "plans": [asdict(r) for r in rows],
         "chosen": None if chosen is None else asdict(chosen),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# The final model's cost (pipeline.final)
+# ---------------------------------------------------------------------------------------------
+
+
+def final_cost(
+    final: str,
+    n_folds: int,
+    *,
+    fold_rows: Sequence[int] | None = None,
+    all_rows: int | None = None,
+) -> dict[str, Any]:
+    """What the final model of ``pipeline.final`` costs: forward passes per predicted row and
+    student training runs (the K fold students train whatever the final: the OOF evidence, the
+    stacker and the report need them).
+
+    * ``merge``: 1 pass per row; K runs (the fold students, merged and quantized).
+    * ``folds``: K passes per row (every fold student predicts every row); K runs.
+    * ``full``: 1 pass per row; K + 1 runs: one more student over every cv and extra row, then
+      merged alone and quantized. ``fold_rows`` (each fold student's training rows) and
+      ``all_rows`` (the full student's) give ``extra_training_share``: the full run's rows over
+      the fold runs' together (same settings, epochs and swap augmentation, so rows measure the
+      work up to the length mix); without them, the share with no extra rows, 1 / (K − 1)."""
+    k = int(n_folds)
+    passes = k if final == "folds" else 1
+    runs = k + 1 if final == "full" else k
+    out: dict[str, Any] = {
+        "final": final,
+        "inference_passes": passes,
+        "student_runs": runs,
+        "fold_run_rows": None if fold_rows is None else [int(r) for r in fold_rows],
+        "full_run_rows": None if all_rows is None else int(all_rows),
+    }
+    if final == "full":
+        if fold_rows is not None and all_rows is not None and sum(fold_rows) > 0:
+            out["extra_training_share"] = all_rows / sum(fold_rows)
+            out["share_from"] = "the run's folds file"
+        else:
+            out["extra_training_share"] = 1 / (k - 1) if k > 1 else None
+            out["share_from"] = "no folds file: 1 / (K - 1), as without extra rows"
+    return out
+
+
+def describe_final(cost: Mapping[str, Any]) -> str:
+    """One line on what the final model costs beyond the merge's single model."""
+    final, k = cost["final"], cost["student_runs"]
+    if final == "folds":
+        return (
+            f"final model: the {k} fold students averaged (pipeline.final=folds), "
+            f"{cost['inference_passes']} forward passes per row"
+        )
+    if final == "full":
+        share = cost.get("extra_training_share")
+        rows = cost.get("full_run_rows")
+        per_fold = cost.get("fold_run_rows")
+        what = (
+            f" over {rows} rows (a fold student's: {min(per_fold)}-{max(per_fold)})"
+            if rows is not None and per_fold
+            else ""
+        )
+        return (
+            "final model: one student trained on every cv and extra row (pipeline.final=full), "
+            f"1 forward pass per row; training: {k} student runs, one more than the "
+            f"{k - 1} fold students{what}"
+            + (f", +{share:.0%} of the fold students' training rows" if share else "")
+            + "; then its merge and quantization"
+        )
+    return f"final model: the {k} fold students merged and quantized, 1 forward pass per row"

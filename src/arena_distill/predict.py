@@ -259,7 +259,10 @@ class PredictRequest:
     submission's ids, which the submission must match. ``inputs`` and ``manifest_config`` go
     into the manifest, and so do the keys of ``manifest_extra`` (the stage's input fingerprint,
     ``fingerprint.stamp``). ``t_start`` (a ``time.perf_counter()`` value) is when the time budget
-    started (None: now)."""
+    started (None: now). ``passes``: how many predictions of this size still have to run within
+    the same time budget, this one included (the Kaggle predictor of ``pipeline.final: folds``
+    runs one per fold student: K, then K − 1, ...); the guard counts this one's work that many
+    times, so the first fold already picks a plan all of them fit in."""
 
     rows: pd.DataFrame
     model_cfg: Mapping[str, Any]
@@ -276,6 +279,7 @@ class PredictRequest:
     manifest_config: Mapping[str, Any] | None = None
     manifest_extra: Mapping[str, Any] | None = None
     t_start: float | None = None
+    passes: int = 1
 
     @property
     def ids(self) -> list[str]:
@@ -343,10 +347,12 @@ def _run_guard(
     requested: Plan,
     devices: list[str],
     t_start: float,
+    passes: int = 1,
 ) -> tuple[GuardDecision, dict, torch.nn.Module | None]:
     """Measure throughput on the longest batches and decide the plan (in FLOPs when the
-    model's architecture is known, else in padded tokens); the model is returned for reuse
-    when one device will predict (several devices load their own copies)."""
+    model's architecture is known, else in padded tokens) for ``passes`` predictions of this
+    size still to run; the model is returned for reuse when one device will predict (several
+    devices load their own copies)."""
     model, _ = load_model(spec, devices[0])
     batch_size = int(settings.batch_size)
     cfg_max_tokens = int(settings.max_tokens_per_batch) if settings.max_tokens_per_batch else None
@@ -365,7 +371,7 @@ def _run_guard(
     fallback = settings.fallback_max_length
     lens = candidate_lengths(requested.max_length, fallback)
     plans = [Plan(m, t) for m in lens for t in (True, False)]
-    work = {p: plan_work(lengths, p, batch_size, cfg_max_tokens, arch) for p in plans}
+    work = {p: passes * plan_work(lengths, p, batch_size, cfg_max_tokens, arch) for p in plans}
     unit, rate = ("flops", measured["flops_per_s"]) if arch else ("padded_tokens", None)
     decision = guard_decision(
         requested=requested,
@@ -393,7 +399,7 @@ def _run_guard(
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    return decision, {**decision.to_dict(), "measured": measured}, model
+    return decision, {**decision.to_dict(), "measured": measured, "passes": passes}, model
 
 
 def _scores(table: pd.DataFrame, pp_probs: np.ndarray, final: np.ndarray) -> dict:
@@ -483,7 +489,7 @@ def predict_rows(request: PredictRequest, settings: PredictSettings) -> Path:
     decision, decision_info, model = None, None, None
     if settings.time_budget_hours is not None and ids:
         decision, decision_info, model = _run_guard(
-            spec, enc, settings, requested, devices, t_start
+            spec, enc, settings, requested, devices, t_start, max(1, int(request.passes))
         )
         timer.lap("guard")
     plan = decision.plan if decision is not None else requested

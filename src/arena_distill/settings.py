@@ -54,7 +54,7 @@ __all__ = ["ConfigError", "build", "nearest_key", "to_dict", "validate", "stage"
 # ---------------------------------------------------------------------------------------------
 
 
-FINAL_MODELS = ("merge", "folds")
+FINAL_MODELS = ("merge", "folds", "full")
 
 
 @dataclass(kw_only=True)
@@ -65,7 +65,8 @@ class PipelineSettings:
     student: str
     ablate: bool = False  # also the student without teacher terms (students/<student>_ce_only)
     # the final model: merge (the fold students merged, quantized) | folds (the fold students'
-    # averaged predictions, n_folds forward passes per row; stages.ensemble)
+    # averaged predictions, n_folds forward passes per row; stages.ensemble) | full (one more
+    # student trained on every cv and extra row, stages.full, then merged and quantized alone)
     final: str = "merge"
 
     def __post_init__(self) -> None:
@@ -596,6 +597,18 @@ class EnsembleSettings:
             raise ConfigError(f"stages.ensemble.split must be one of {PREDICT_SPLITS}")
 
 
+@dataclass(kw_only=True)
+class FullSettings:
+    """``stages.full``: the student trained on every cv and extra row (``pipeline.final:
+    full``), with ``stages.distill``'s settings; where it, its merge and its quantized model go
+    (the pipeline's ``merge full`` / ``quantize full`` steps write ``merged_dir`` /
+    ``quantized_dir``; ``scripts/package_kaggle.py`` ships ``quantized_dir``)."""
+
+    out_dir: str
+    merged_dir: str
+    quantized_dir: str
+
+
 # name of the stage -> its block's dataclass (stages.<name>)
 STAGE_SETTINGS: dict[str, type] = {
     "demo_data": DemoDataSettings,
@@ -606,6 +619,7 @@ STAGE_SETTINGS: dict[str, type] = {
     "teacher": TeacherSettings,
     "dump_logits": DumpLogitsSettings,
     "distill": DistillSettings,
+    "full": FullSettings,
     "merge": MergeSettings,
     "quantize": QuantizeSettings,
     "predict": PredictStageSettings,

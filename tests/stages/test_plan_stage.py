@@ -81,3 +81,37 @@ def test_the_folds_final_costs_one_forward_pass_per_fold(tmp_path):
         .splitlines()[0]
         .endswith("5 forward passes per row")
     )
+
+
+def test_the_full_final_costs_one_pass_and_one_more_student_training_run(tmp_path):
+    """pipeline.final=full: the merge's inference work, K + 1 student runs; the extra training
+    share is counted on the run's folds file when there is one."""
+    from arena_distill import planner
+
+    mix = tmp_path / "lengths.json"
+    mix.write_text(json.dumps([100, 700, 1500, 2500] * 8))
+    base = [
+        "experiment=first_place",
+        f"stages.plan.lengths={mix}",
+        "stages.plan.rows=25000",
+        "data.folds.n_folds=5",
+    ]
+    merge = json.loads(
+        (plan.run(compose([*base, f"run_dir={tmp_path}/a"])) / "plan.json").read_text()
+    )
+    full = json.loads(
+        (
+            plan.run(compose([*base, f"run_dir={tmp_path}/b", "pipeline.final=full"])) / "plan.json"
+        ).read_text()
+    )
+    assert full["models"] == 1 and [p["tflops"] for p in full["plans"]] == [
+        p["tflops"] for p in merge["plans"]
+    ]
+    assert full["final"]["student_runs"] == 6 and merge["final"]["student_runs"] == 5
+    assert full["final"]["extra_training_share"] == pytest.approx(1 / 4)  # no folds file
+    text = (tmp_path / "b" / "plan" / "plan.txt").read_text().splitlines()[1]
+    assert "6 student runs, one more than the 5 fold students" in text
+    # with a folds file: 10 cv rows in 5 folds and 3 extra rows
+    cost = planner.final_cost("full", 5, fold_rows=[8 + 3] * 5, all_rows=10 + 3)
+    assert cost["extra_training_share"] == pytest.approx(13 / 55)
+    assert "over 13 rows (a fold student's: 11-11)" in planner.describe_final(cost)

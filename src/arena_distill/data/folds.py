@@ -376,3 +376,18 @@ def split_by_fold(
     valid = is_cv & (fold == k).to_numpy()
     train = (is_cv & ~valid) | (split == "extra").to_numpy()
     return df[train].reset_index(drop=True), df[valid].reset_index(drop=True)
+
+
+def full_training_rows(df: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
+    """The rows a model trained on everything learns from (``pipeline.final: full``): every cv
+    row and every extra row, the union of all folds' training rows; never a holdout row (nor a
+    row the folds table does not know: an error). Row order is kept, the index is fresh."""
+    ids = df["id"].astype(str)
+    split = ids.map(dict(zip(folds["id"].astype(str), folds["split"], strict=True)))
+    unknown = split.isna().to_numpy()
+    if unknown.any():
+        raise DataError(
+            f"{int(unknown.sum())} rows are not in the folds table (first ids {_first(ids[unknown])})"
+        )
+    keep = split.isin(["cv", "extra"]).to_numpy()
+    return df[keep].reset_index(drop=True)

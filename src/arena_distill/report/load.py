@@ -5,11 +5,13 @@ Two kinds of score, never mixed:
 * **OOF** (``section="oof"``): per-fold models (teachers, students, baselines) scored
   out-of-fold on the ``cv`` rows of ``folds.csv``; every cv id once, with its fold.
 * **holdout** (``section="holdout"``): whole-data models (merged, quantized, the mean of the
-  fold models, baselines) scored on the labelled ``holdout`` rows, which no model trained on.
+  fold models, the student trained on every row, baselines) scored on the labelled
+  ``holdout`` rows, which no model trained on.
 
 A "stage" is one column of predictions: ``teacher/<model>``, ``teacher/<model>+tta`` (the
 swap-TTA probabilities), ``student/<model>[+tta]``, ``baseline/<name>``, ``merged[+tta]``,
-``quantized[+tta]``, ``folds_mean[+tta]``, ``stacked[+tta]`` (the stack stage: cross-fitted
+``quantized[+tta]``, ``folds_mean[+tta]``, ``full[+tta]`` (``pipeline.final=full``),
+``stacked[+tta]`` (the stack stage: cross-fitted
 OOF, and the final model stacked on the holdout); with temperature scaling also ``<stage>+ts``.
 
 ``load_run`` reads a run into ``RunPredictions`` (one ``StagePredictions`` per stage) and

@@ -129,7 +129,10 @@ def recipe_gains(oof: Mapping[str, float], holdout: Mapping[str, float]) -> list
       ``student/<s>``, OOF, plain and swap-TTA;
     - merge: the fold students' mean (``folds_mean``) against the one merged model, holdout
       (a negative gain is the cost of merging);
-    - quantization: ``merged`` against ``quantized``, holdout (negative: its cost).
+    - quantization: ``merged`` against ``quantized``, holdout (negative: its cost);
+    - refit on every row: the fold students' mean (``folds_mean``) against the student trained
+      on every cv and extra row, merged alone and quantized (``full``), holdout (positive: the
+      full student beat the average of its folds there).
     """
     out: list[dict] = []
     for name in sorted(oof):
@@ -150,6 +153,7 @@ def recipe_gains(oof: Mapping[str, float], holdout: Mapping[str, float]) -> list
     for step, before, after in (
         ("merge", FOLDS_MEAN, "merged"),
         ("quantization", "merged", "quantized"),
+        ("refit on every row", FOLDS_MEAN, "full"),
     ):
         for sfx in ("", TTA_SUFFIX):
             if before + sfx in holdout and after + sfx in holdout:
@@ -290,6 +294,23 @@ def build_metrics(
 # --------------------------------------------------------------------------- the final model
 
 
+# finals with no out-of-fold score of their own, and why (the report says so instead of
+# scoring them with another model's OOF)
+NO_OOF = {
+    "merge": (
+        "the fold students merged into one model: every cv row trained some of its folds, so it "
+        "has no out-of-fold score; only the holdout (`merged`, `quantized`) shows what the merge "
+        "kept"
+    ),
+    "full": (
+        "one more student trained on every cv and extra row (`pipeline.final=full`): no row is "
+        "left out of its training, so it has no out-of-fold score; the fold students' OOF is "
+        "the evidence for its recipe on (K-1)/K of the rows, not for the model itself, and only "
+        "the holdout (`full`) scores it"
+    ),
+}
+
+
 def final_model(oof: Mapping[str, float], n_folds: int) -> dict | None:
     """Which final model the run's cross-fitted evidence supports, never the holdout.
 
@@ -297,12 +318,13 @@ def final_model(oof: Mapping[str, float], n_folds: int) -> dict | None:
     ``pipeline.final=folds``): the distilled student's OOF log loss (with swap-TTA when
     scored) bounds it, since a log loss is convex in the probabilities and the average of K
     fold models on unseen rows scores no worse than their mean (Jensen); every baseline (OOF)
-    and a stacker (``stacked``, cross-fitted) when the run has one. The merge (and a student
-    refitted on all rows) has no OOF score of its own: every cv row trained some of its folds,
-    so only the holdout could show what the merge kept, and the report's warnings do that.
+    and a stacker (``stacked``, cross-fitted) when the run has one. The merge and the student
+    refitted on every row (``full``) have no OOF score of their own: every cv row trained some
+    of the merge's folds, and every row trained the full student, so only the holdout could
+    show what they score; they are listed in ``no_oof`` with that reason, never ranked.
     The recommendation is the candidate with the lowest OOF log loss; ``folds`` costs
     ``n_folds`` forward passes per row (``make plan``: ``stages.plan`` with
-    ``pipeline.final=folds``)."""
+    ``pipeline.final=folds``), ``full`` one more student training run."""
     students = sorted(
         n
         for n in oof
@@ -323,5 +345,7 @@ def final_model(oof: Mapping[str, float], n_folds: int) -> dict | None:
         "recommended": best,
         "evidence": {k: float(v) for k, v in sorted(evidence.items(), key=lambda kv: kv[1])},
         "student": student,
-        "inference_passes": {"merge": 1, "folds": int(n_folds)},
+        "no_oof": dict(NO_OOF),
+        "inference_passes": {"merge": 1, "folds": int(n_folds), "full": 1},
+        "student_runs": {"merge": int(n_folds), "folds": int(n_folds), "full": int(n_folds) + 1},
     }

@@ -60,16 +60,25 @@ def section_final_model(m: Mapping, *, plots: bool) -> Section:
         return s
     s.h("Final model (out-of-fold evidence only)")
     passes = fm["inference_passes"]
+    runs = fm.get("student_runs") or {}
     s.p(
         f"Recommended: **{fm['recommended']}**, the lowest out-of-fold log loss among the "
         f"finals that have one. `folds` is the fold students' averaged predictions "
         f"(`pipeline.final=folds`, {passes['folds']} forward passes per row against the "
         f"merge's {passes['merge']}); its score is `{fm['student']}`'s OOF, which the average "
-        "of the folds does not exceed (a log loss is convex). The merge has no out-of-fold "
-        "score (every cv row trained some of its folds): only the holdout shows what it kept, "
-        "never used to choose here."
+        "of the folds does not exceed (a log loss is convex)."
     )
     s.table(["final", "OOF log loss"], [[k, f"{v:.4f}"] for k, v in fm["evidence"].items()])
+    no_oof = fm.get("no_oof") or {}
+    if no_oof:
+        s.p(
+            "Not ranked here, because they have no out-of-fold score of their own (the "
+            "holdout shows them, and is never used to choose):"
+        )
+        s.table(
+            ["final", "why it has no OOF score", "forward passes per row", "student runs"],
+            [[f"`{n}`", why, passes.get(n), runs.get(n)] for n, why in no_oof.items()],
+        )
     return s
 
 
@@ -165,7 +174,8 @@ def section_tta(m: Mapping, *, plots: bool) -> Section:
 
 
 def section_gains(m: Mapping, *, plots: bool) -> Section:
-    """What distillation, the merge and quantization gained (``recipe_gains``)."""
+    """What distillation, the merge, quantization and the refit on every row gained
+    (``recipe_gains``)."""
     s = Section()
     if not m.get("recipe_gains"):
         return s
@@ -250,6 +260,12 @@ def section_holdout(m: Mapping, *, plots: bool) -> Section:
         s.p(
             f"`{FOLDS_MEAN}` is the mean of the probabilities of "
             f"{', '.join(m['holdout_fold_models'])} on the holdout."
+        )
+    if "full" in ho:
+        s.p(
+            "`full` is the student trained on every cv and extra row (`pipeline.final=full`), "
+            "merged alone and quantized: the model shipped as the final one. It has no "
+            "out-of-fold score; this row is its only score."
         )
     if plots:
         s.image("holdout_log_loss", log_loss_png("holdout log loss", ho, hp), "holdout log loss")

@@ -15,6 +15,8 @@ STAGES: dict[str, str] = {
     "dump_logits": "arena_distill.stages.dump_logits",
     "pseudo_label": "arena_distill.stages.pseudo_label",
     "distill": "arena_distill.stages.distill",
+    # pipeline.final=full: one more student on every cv and extra row (then merged, quantized)
+    "full": "arena_distill.stages.full",
     "merge": "arena_distill.stages.merge",
     "quantize": "arena_distill.stages.quantize",
     "predict": "arena_distill.stages.predict",

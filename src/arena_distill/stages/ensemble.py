@@ -22,17 +22,9 @@ from arena_distill import fingerprint
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.readers import read_sample_submission
-from arena_distill.ensemble import average_predictions
-from arena_distill.io import (
-    StageTimer,
-    atomic_dir,
-    require_stage_output,
-    write_json,
-    write_manifest,
-)
-from arena_distill.layout import FINAL_COLS, PROB_COLS, TTA_PROB_COLS, fold_dir, load_run_data
-from arena_distill.metrics import accuracy, log_loss
-from arena_distill.submission import write_submission
+from arena_distill.ensemble import average_predictions, ensemble_metrics, write_ensemble
+from arena_distill.io import StageTimer, require_stage_output
+from arena_distill.layout import fold_dir, load_run_data
 
 log = logging.getLogger(__name__)
 
@@ -51,43 +43,24 @@ def run(cfg: DictConfig) -> Path:
     accepted = [a for s in sources for a in fingerprint.check_input(s, cfg, ())]
     table = average_predictions([pd.read_parquet(s / "predictions.parquet") for s in sources])
     timer.lap("average")
-    ids = table["id"].tolist()
     sample_ids, inputs = None, [s / "manifest.json" for s in sources]
     sample_path = config.data(cfg).sample_submission if settings.split == "test" else None
     if sample_path and Path(sample_path).exists():
         sample_ids = read_sample_submission(sample_path)["id"].tolist()
         inputs.append(Path(sample_path))
-    metrics: dict = {"split": settings.split, "rows": len(ids), "models": len(sources)}
-    if "label" in table.columns and table["label"].notna().all():
-        y = table["label"].astype(int).to_numpy()
-        metrics["scores"] = {
-            name: {
-                "log_loss": log_loss(table[list(cols)].to_numpy(), y),
-                "accuracy": accuracy(table[list(cols)].to_numpy(), y),
-            }
-            for name, cols in (("plain", PROB_COLS), ("tta", TTA_PROB_COLS), ("final", FINAL_COLS))
-            if set(cols) <= set(table.columns)
-        }
-    out_dir = Path(settings.out_dir)
-    with atomic_dir(out_dir) as tmp:
-        write_submission(
-            tmp / "submission.csv",
-            ids,
-            table[list(FINAL_COLS)].to_numpy(),
-            expected_ids=ids,
-            sample_ids=sample_ids,
-            clip_eps=float(predict.clip_eps),
-        )
-        table.to_parquet(tmp / "predictions.parquet", index=False)
-        write_json(tmp / "metrics.json", metrics)
-        write_manifest(
-            tmp,
-            stage="ensemble",
-            config={"stage": config.to_dict(settings)},
-            inputs=inputs,
-            outputs={"rows": len(ids), "models": len(sources)},
-            timer=timer,
-            extra=fingerprint.stamp(
+    out_dir = write_ensemble(
+        settings.out_dir,
+        table,
+        metrics=ensemble_metrics(table, settings.split, len(sources)),
+        sample_ids=sample_ids,
+        clip_eps=float(predict.clip_eps),
+        manifest={
+            "stage": "ensemble",
+            "config": {"stage": config.to_dict(settings)},
+            "inputs": inputs,
+            "outputs": {"rows": len(table), "models": len(sources)},
+            "timer": timer,
+            "extra": fingerprint.stamp(
                 fingerprint.make(
                     "ensemble",
                     settings=fingerprint.settings(cfg, ("stages.ensemble",)),
@@ -95,9 +68,10 @@ def run(cfg: DictConfig) -> Path:
                 ),
                 accepted,
             ),
-        )
+        },
+    )
     log.info(
-        "%d rows: the mean of %d fold students, written to %s", len(ids), len(sources), out_dir
+        "%d rows: the mean of %d fold students, written to %s", len(table), len(sources), out_dir
     )
     return out_dir
 

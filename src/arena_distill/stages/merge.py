@@ -2,7 +2,9 @@
 
 Reads ``stages.merge.source`` (default the distilled students, ``stages.distill.out_dir``; any
 finished per-fold output works, e.g. a teacher's folder): its ``manifest.json`` (which stage
-wrote it) and ``fold_<k>/adapter/`` for every fold of the run's folds file; and the base model
+wrote it) and ``fold_<k>/adapter/`` for every fold of the run's folds file — or, for the ``full``
+stage's output (``pipeline.final: full``), its one ``adapter/``, merged alone (weight 1: the
+adapter folded into the base exactly, with either method); and the base model
 of the ``model`` config (the model those adapters were trained on). Refuses a missing or
 unfinished source, folds trained on another model, and stale folds (an input recorded in a
 fold's manifest, e.g. the data or the pretrain adapter, changed since).
@@ -57,9 +59,33 @@ log = logging.getLogger(__name__)
 SOURCE_BLOCKS = ("model", *fingerprint.DATA_SPLIT)
 
 
+# stages whose output is one adapter (``adapter/``), not folds: merged alone (weight 1)
+SINGLE_ADAPTER_STAGES = ("full",)
+
+
+def _check_part(folder: Path, stage: str, cfg: DictConfig) -> None:
+    """One adapter's folder: written by ``stage``, trained on ``cfg.model``, fresh."""
+    manifest = read_json(folder / MANIFEST)
+    if manifest.get("stage") != stage:
+        raise StageInputError(
+            f"{folder}/{MANIFEST} is from stage {manifest.get('stage')!r}, not {stage!r}"
+        )
+    trained_on = (manifest.get("config") or {}).get("model", {}).get("name")
+    if trained_on is not None and trained_on != cfg.model.name:
+        raise StageInputError(
+            f"{folder} was trained on model {trained_on!r} but model={cfg.model.name!r}; "
+            f"merge with model={trained_on}"
+        )
+    recorded = [i["path"] for i in manifest.get("inputs", [])]
+    # accepted under overwrite=true: the source's combined manifest's check names them
+    fingerprint.check_files(folder, cfg, recorded, stage=stage)
+
+
 def source_folds(cfg: DictConfig) -> tuple[Path, str, list[Path]]:
-    """The checked source folder, the stage that wrote it and its fold adapter folders (stale
-    ones refused, ``fingerprint.check_input``, unless ``overwrite=true``)."""
+    """The checked source folder, the stage that wrote it and its adapter folders: every fold
+    of a per-fold stage, or the one adapter of a single-adapter stage (``full``: the student
+    trained on every row; its merge is the adapter folded into the base, exactly). Stale ones
+    are refused (``fingerprint.check_input``), unless ``overwrite=true``."""
     source = Path(config.stage(cfg, "merge").source)
     if not (source / MANIFEST).is_file():
         raise StageInputError(
@@ -67,6 +93,10 @@ def source_folds(cfg: DictConfig) -> tuple[Path, str, list[Path]]:
             "per-fold stage first (`arena-distill distill`, or set stages.merge.source)"
         )
     stage = read_json(source / MANIFEST).get("stage")
+    if stage in SINGLE_ADAPTER_STAGES:
+        require_stage_output(source, stage=stage, files=["adapter"])
+        _check_part(source, stage, cfg)
+        return source, stage, [source / "adapter"]
     data_dir = require_stage_output(config.stage(cfg, "data").out_dir, stage="data", files=[FOLDS])
     n_folds = layout.n_folds(read_folds(data_dir / FOLDS))
     adapters = [f"fold_{k}/adapter" for k in range(n_folds)]
@@ -74,21 +104,7 @@ def source_folds(cfg: DictConfig) -> tuple[Path, str, list[Path]]:
         source, stage=stage, files=[*adapters, *(f"fold_{k}/{MANIFEST}" for k in range(n_folds))]
     )
     for k in range(n_folds):
-        fold = source / f"fold_{k}"
-        manifest = read_json(fold / MANIFEST)
-        if manifest.get("stage") != stage:
-            raise StageInputError(
-                f"{fold}/{MANIFEST} is from stage {manifest.get('stage')!r}, not {stage!r}"
-            )
-        trained_on = (manifest.get("config") or {}).get("model", {}).get("name")
-        if trained_on is not None and trained_on != cfg.model.name:
-            raise StageInputError(
-                f"{fold} was trained on model {trained_on!r} but model={cfg.model.name!r}; "
-                f"merge with model={trained_on}"
-            )
-        recorded = [i["path"] for i in manifest.get("inputs", [])]
-        # accepted under overwrite=true: the folds' combined manifest's check names them
-        fingerprint.check_files(fold, cfg, recorded, stage=stage)
+        _check_part(source / f"fold_{k}", stage, cfg)
     return source, stage, [source / a for a in adapters]
 
 
@@ -148,7 +164,7 @@ def run(cfg: DictConfig) -> Path:
             extra=stamp,
         )
     log.info(
-        "merged %d %s folds of %s (%s, weights %s) into %s",
+        "merged %d %s adapter(s) of %s (%s, weights %s) into %s",
         len(adapters),
         stage,
         cfg.model.name,

@@ -9,7 +9,10 @@ from the architecture (``stages.plan.architecture``, else ``model.name_or_path``
 ``config.json`` or a shipped hub id), the device's rate from ``planner.DEVICES``, the budget and
 batching from ``stages.predict``. With ``pipeline.final: folds`` the final model is the
 ``data.folds.n_folds`` fold students averaged: every row is predicted once per fold, and the
-projection counts that work (``plan.json["models"]``).
+projection counts that work (``plan.json["models"]``). With ``pipeline.final: full`` it is one
+model (one pass per row) that costs one more student training run over every cv and extra row
+(``plan.json["final"]``: ``planner.final_cost``, the rows from the run's folds file when the
+data stage has run).
 
 Writes ``stages.plan.out_dir`` (default ``${run_dir}/plan/``): ``plan.json`` (every
 (max_length, TTA) plan with its FLOPs, padding and projected time, the chosen one, the device
@@ -27,6 +30,7 @@ from omegaconf import DictConfig
 from arena_distill import fingerprint, planner
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
+from arena_distill.data.folds import read_folds
 from arena_distill.encode import encodings, prompt_config, rows_to_predict
 from arena_distill.io import (
     StageTimer,
@@ -35,7 +39,7 @@ from arena_distill.io import (
     write_json,
     write_manifest,
 )
-from arena_distill.layout import FOLDS, TEST, TRAIN
+from arena_distill.layout import CV, EXTRA_SPLIT, FOLDS, TEST, TRAIN
 from arena_distill.models.factory import load_tokenizer
 from arena_distill.predict import budget_seconds, candidate_lengths
 
@@ -58,16 +62,38 @@ def row_lengths(cfg: DictConfig, settings: config.PlanSettings, longest: int) ->
 
 
 def plan_fingerprint(cfg: DictConfig, settings: config.PlanSettings) -> dict:
-    """The plan's settings (its own, the predict stage's, model, prompt) and the rows' files."""
+    """The plan's settings (its own, the predict stage's, model, prompt, the final model and
+    the folds) and the rows' files (and the folds file the training rows are counted on)."""
     data_dir = Path(config.stage(cfg, "data").out_dir)
     files = {
         "test": [data_dir / TEST],
         "holdout": [data_dir / TRAIN, data_dir / FOLDS],
     }.get(settings.lengths, [Path(settings.lengths)])
+    if (data_dir / FOLDS).is_file() and data_dir / FOLDS not in files:
+        files.append(data_dir / FOLDS)
+    blocks = ("model", "prompt", "stages.plan", "stages.predict", "pipeline.final", "data.folds")
     return fingerprint.make(
         "plan",
-        settings=fingerprint.settings(cfg, ("model", "prompt", "stages.plan", "stages.predict")),
+        settings=fingerprint.settings(cfg, blocks),
         files=fingerprint.file_hashes(files, cfg.run_dir),
+    )
+
+
+def final_cost(cfg: DictConfig) -> dict:
+    """``planner.final_cost`` of ``pipeline.final``, with the training rows of the run's folds
+    file when the data stage has written one."""
+    n_folds = config.data(cfg).folds.n_folds
+    path = Path(config.stage(cfg, "data").out_dir) / FOLDS
+    fold_rows = all_rows = None
+    if path.is_file():
+        folds = read_folds(path)
+        cv = folds[folds["split"] == CV]
+        n_extra = int((folds["split"] == EXTRA_SPLIT).sum())
+        n_folds = int(cv["fold"].max()) + 1
+        fold_rows = [len(cv) - int((cv["fold"] == k).sum()) + n_extra for k in range(n_folds)]
+        all_rows = len(cv) + n_extra
+    return planner.final_cost(
+        config.pipeline(cfg).final, n_folds, fold_rows=fold_rows, all_rows=all_rows
     )
 
 
@@ -90,8 +116,10 @@ def run(cfg: DictConfig) -> Path:
     lengths = row_lengths(cfg, settings, lengths_at[0])
     n = len(lengths[False])
     scale = settings.rows / n if settings.rows else 1.0
-    # pipeline.final=folds: every fold's student predicts every row (n_folds forward passes)
-    n_models = config.data(cfg).folds.n_folds if config.pipeline(cfg).final == "folds" else 1
+    # pipeline.final=folds: every fold's student predicts every row (n_folds forward passes);
+    # full: one model, one more training run
+    cost = final_cost(cfg)
+    n_models = cost["inference_passes"]
     budget = budget_seconds(predict.time_budget_hours, predict.time_budget_safety)
     rows = planner.project(
         lengths,
@@ -113,12 +141,9 @@ def run(cfg: DictConfig) -> Path:
         f"{settings.n_devices} x {device.name} at {device.flops_per_s / 1e12:.2f} TFLOP/s each; "
         f"budget {budget / 3600:.2f} h (time_budget_hours x safety), fixed "
         f"{settings.fixed_seconds:.0f} s, batch {predict.batch_size}"
-        + (
-            f"; final model: the {n_models} fold students averaged (pipeline.final=folds), "
-            f"{n_models} forward passes per row"
-            if n_models > 1
-            else ""
-        )
+        # the folds' passes on the first line (they scale the table), else a line of its own
+        + ("; " if n_models > 1 else "\n")
+        + planner.describe_final(cost)
     )
     table = planner.render(rows, chosen, header)
     print(table)
@@ -142,6 +167,7 @@ def run(cfg: DictConfig) -> Path:
             budget_s=budget,
             batch_size=predict.batch_size,
             models=n_models,
+            final=cost,
         )
         write_json(tmp / "plan.json", data)
         (tmp / "plan.txt").write_text(table + "\n")
