@@ -9,7 +9,8 @@ padded by ``collate.pad_right``, the same padding the training collator uses.
   ``batch_size`` rows and at most ``max_tokens`` padded positions (rows × longest row) each; a
   single row longer than ``max_tokens`` forms a batch of its own; the cuts between batches
   minimise padding plus a cost per batch. ``predict_logits`` runs a
-  model over them and returns the logits in input order.
+  model over them and returns the logits in input order; a hybrid head's per-row features
+  (``features=``, ``models.hybrid``) travel with their rows through the sorting and splitting.
 * ``shard_work``: which (row, orientation) each device predicts. With swap-TTA on an even
   number of devices the first half does the original orientation and the second half the
   swapped one (the 1st place on 2× T4: original on GPU0, swapped on GPU1); otherwise all work

@@ -112,7 +112,8 @@ class HybridHead(nn.Module):
         if features.ndim != 2 or features.shape != (rows, self.n_features):
             raise MissingFeaturesError(
                 f"the hybrid head got features of shape {tuple(features.shape)} for a batch of "
-                f"{rows} rows; expected ({rows}, {self.n_features})"
+                f"{rows} rows; expected ({rows}, {self.n_features}) (torch.nn.DataParallel splits "
+                "the batch, not the features: run one process per GPU, torchrun / accelerate)"
             )
         out = F.linear(hidden, self.weight, self.bias)
         f = features.to(device=hidden.device, dtype=self.feature_weight.dtype)
