@@ -38,6 +38,21 @@ PREDICT = [
 ]
 
 
+HYBRID = [
+    "model.head=hybrid",
+    "stages.demo_data.n_train=90",
+    "stages.teacher.init_from_pretrain=false",
+    "stages.teacher.epochs=1",
+    "pipeline.teachers=[tiny_llama]",
+    "stages.distill.init_from_pretrain=false",
+    "stages.distill.epochs=1",
+    "stages.quantize.n_calibration=8",
+    "stages.predict.model_dir=${stages.quantize.out_dir}",
+    "stages.tokenize.cache_dir=${run_dir}/cache",
+    *PREDICT,
+]
+
+
 @dataclass
 class HybridRun:
     cfg: object
@@ -61,20 +76,7 @@ def hybrid_run(tmp_path_factory) -> HybridRun:
     )
 
     root = tmp_path_factory.mktemp("hybrid")
-    cfg = small_cfg(
-        root,
-        "model.head=hybrid",
-        "stages.demo_data.n_train=90",
-        "stages.teacher.init_from_pretrain=false",
-        "stages.teacher.epochs=1",
-        "pipeline.teachers=[tiny_llama]",
-        "stages.distill.init_from_pretrain=false",
-        "stages.distill.epochs=1",
-        "stages.quantize.n_calibration=8",
-        "stages.predict.model_dir=${stages.quantize.out_dir}",
-        f"stages.tokenize.cache_dir={root}/cache",
-        *PREDICT,
-    )
+    cfg = small_cfg(root, *HYBRID)
     for stage in (demo_data, data, tiny_models, teacher, dump_logits, distill):
         stage.run(cfg)
     merged = merge.run(cfg)
@@ -140,6 +142,26 @@ def test_gptq_keeps_the_hybrid_head(hybrid_run):
     for name in ("weight", "bias", "feature_weight"):
         assert torch.equal(getattr(qh, name), getattr(sh, name)), name
     assert any(hasattr(mod, "qweight") for mod in q.modules())
+
+
+@pytest.mark.parametrize("method", ["bnb_int8", "none"])
+def test_other_quantize_methods_keep_the_hybrid_head(hybrid_run, method):
+    from arena_distill.stages import quantize
+
+    out = Path(hybrid_run.cfg.run_dir) / f"quantized_{method}"
+    cfg = small_cfg(
+        Path(hybrid_run.cfg.runs_root).parent,
+        *HYBRID,
+        f"stages.quantize.method={method}",
+        f"stages.quantize.out_dir={out}",
+    )
+    quantize.run(cfg)
+    m = read_json(out / "metrics.json")
+    assert m["head_intact"] and m["finite"] and m["relative_error"] < 0.1
+    assert read_json(out / "config.json")[MARKER] == {
+        "head": head_marker(),
+        "quantize_method": method,
+    }
 
 
 def test_predicted_swap_mirrors_the_swapped_rows_own_features(hybrid_run):
