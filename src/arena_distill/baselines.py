@@ -24,6 +24,7 @@ from sklearn.preprocessing import StandardScaler
 
 from arena_distill.data.folds import split_by_fold
 from arena_distill.data.swap import swap_table
+from arena_distill.features import _text, length_features  # noqa: F401 (re-exported)
 from arena_distill.layout import LOGIT_COLS
 from arena_distill.metrics import class_prior
 
@@ -60,38 +61,6 @@ def expand_classes(
     out = np.full((len(probs), n_classes), float(floor))
     out[:, classes] = probs * (1.0 - floor * (n_classes - len(classes)))
     return out
-
-
-def _text(turns: Sequence[str]) -> str:
-    return "\n".join(t or "" for t in turns)
-
-
-def length_features(df: pd.DataFrame) -> np.ndarray:
-    """Per row: log word counts of A and B, their difference and ratio, characters, newlines,
-    empty flags (antisymmetric parts change sign under the swap), total length and turns."""
-    a = [_text(t) for t in df["response_a"]]
-    b = [_text(t) for t in df["response_b"]]
-    wa = np.log1p([len(x.split()) for x in a])
-    wb = np.log1p([len(x.split()) for x in b])
-    ca = np.log1p([len(x) for x in a])
-    cb = np.log1p([len(x) for x in b])
-    na = np.log1p([x.count("\n") for x in a])
-    nb = np.log1p([x.count("\n") for x in b])
-    ea = df["empty_a"].to_numpy(dtype=float)
-    eb = df["empty_b"].to_numpy(dtype=float)
-    same = np.array([x.strip() == y.strip() for x, y in zip(a, b, strict=True)], dtype=float)
-    return np.column_stack(
-        [
-            wa - wb,
-            ca - cb,
-            na - nb,
-            ea - eb,
-            np.abs(wa - wb),
-            wa + wb,
-            same,
-            np.log1p(df["n_turns"].to_numpy(dtype=float)),
-        ]
-    )
 
 
 @dataclass

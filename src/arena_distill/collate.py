@@ -74,8 +74,8 @@ class PreferenceCollator:
     Right padding with ``pad_token_id`` (the models pool the last non-pad token, and the pad id
     is set in their config). A training example may be a *pair* (``{"pair": [ex, ex]}``: the
     original and A/B-swapped row of the "full swap" augmentation), which is flattened so both
-    land in the same optimiser step. Extra tensor-like fields (e.g. ``teacher_logits``) are
-    stacked. ``real_tokens`` / ``padded_tokens`` count what was computed, for the padding share.
+    land in the same optimiser step. Extra tensor-like fields (e.g. ``teacher_logits``, a hybrid
+    head's ``features``) are stacked. ``real_tokens`` / ``padded_tokens`` count what was computed, for the padding share.
     """
 
     pad_token_id: int

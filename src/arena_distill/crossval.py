@@ -34,6 +34,7 @@ from arena_distill import settings as config
 from arena_distill.data.folds import split_by_fold
 from arena_distill.distributed import barrier, is_main_process, train_device
 from arena_distill.encode import labelled_encodings
+from arena_distill.features import FeatureMap, row_features
 from arena_distill.inference import predict_logits
 from arena_distill.io import (
     MANIFEST,
@@ -56,7 +57,13 @@ from arena_distill.metrics import (
 )
 from arena_distill.models.factory import build_model, count_parameters, load_tokenizer
 from arena_distill.settings import TeacherSettings
-from arena_distill.train import examples_for, fit, make_examples, tracking_callbacks
+from arena_distill.train import (
+    example_features,
+    examples_for,
+    fit,
+    make_examples,
+    tracking_callbacks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +92,15 @@ def pretrain_adapter(cfg: DictConfig) -> Path:
 
 
 def oof_logits(model, examples: Sequence[dict], pad_token_id: int, batch_size: int) -> np.ndarray:
-    """Logits of ``examples`` (in their order) through the inference engine."""
+    """Logits of ``examples`` (in their order) through the inference engine (with their
+    ``features`` when they carry them: a hybrid head)."""
     run = predict_logits(
         model,
         [e["input_ids"] for e in examples],
         pad_token_id=pad_token_id,
         batch_size=batch_size,
         progress=False,
+        features=example_features(examples),
     )
     return run.logits
 
@@ -111,6 +120,7 @@ def train_fold(
     stamp: dict | None = None,
     extra_train: Sequence[dict] = (),
     extra_inputs: Sequence[Path] = (),
+    features: FeatureMap | None = None,
 ) -> dict:
     """Train ``cfg.model`` on fold ``fold``'s training rows, keep the best validation checkpoint,
     and write its adapter, OOF predictions and metrics to ``<settings.out_dir>/fold_<fold>/``.
@@ -118,15 +128,19 @@ def train_fold(
 
     ``extra_train``: more training examples (the distill stage's pseudo-labelled rows), added
     to the fold's training set only, never validated on; ``extra_inputs``: the files they came
-    from (in the manifest: a fold built from other ones is not reused). Returns the metrics."""
+    from (in the manifest: a fold built from other ones is not reused). ``features``: the rows'
+    features by (id, swapped) for a hybrid head (``features.row_features``; None: no hybrid
+    head), on every example. Returns the metrics."""
     out_dir = Path(settings.out_dir)
     timer = StageTimer()
     train_rows, valid_rows = split_by_fold(run.labelled, run.folds, fold)
     tr_ids, tr_y = train_rows["id"].tolist(), train_rows["label"].astype(int).tolist()
     va_ids, va_y = valid_rows["id"].tolist(), valid_rows["label"].astype(int).tolist()
-    train_ex = make_examples(tr_ids, tr_y, enc, swap=settings.swap, fields=fields)
+    train_ex = make_examples(
+        tr_ids, tr_y, enc, swap=settings.swap, fields=fields, features=features
+    )
     train_ex += list(extra_train)
-    valid_ex = examples_for(va_ids, va_y, enc)
+    valid_ex = examples_for(va_ids, va_y, enc, features=features)
     # the same seed for every fold: every fold's LoRA starts from the same init (1st place),
     # which is what makes averaging the fold adapters meaningful
     set_seed(settings.seed)
@@ -161,7 +175,7 @@ def train_fold(
     )
     timer.lap("train")
     trainer = result.trainer
-    swapped_ex = examples_for(va_ids, va_y, enc, swapped=True)
+    swapped_ex = examples_for(va_ids, va_y, enc, swapped=True, features=features)
     batch = int(settings.per_device_eval_batch_size)
     pad = int(tokenizer.pad_token_id)
     logits = oof_logits(trainer.model, valid_ex, pad, batch)
@@ -352,6 +366,7 @@ def run_folds(
     retrain = settings.overwrite or fingerprint.overwrite(cfg)
     tokenizer = load_tokenizer(cfg.model)
     enc = labelled_encodings(cfg, run, tokenizer, settings.max_length)
+    features = row_features(cfg.model, run.labelled)
     for fold in folds_to_run(settings.folds, run.n_folds):
         if fold_done(out_dir, fold) and not retrain:
             changes = stale_fold(out_dir, fold, expected, run_dir)
@@ -374,6 +389,7 @@ def run_folds(
             stamp=fingerprint.stamp({**expected, "fold": fold}, accepted),
             extra_train=extra_train(fold) if extra_train else (),
             extra_inputs=extra_inputs,
+            features=features,
         )
     if not is_main_process():
         return out_dir

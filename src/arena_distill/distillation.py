@@ -27,6 +27,7 @@ from arena_distill import fingerprint
 from arena_distill.baselines import baseline_of, dump_overrides
 from arena_distill.data.swap import mirror_probs
 from arena_distill.encode import data_key, encodings, prompt_config
+from arena_distill.features import row_features
 from arena_distill.io import StageInputError, require_fresh, require_stage_output
 from arena_distill.layout import LOGIT_COLS, RunData
 from arena_distill.losses import IGNORE_LABEL, DistillLoss
@@ -201,6 +202,7 @@ def pseudo_examples(
     tokenizer = load_tokenizer(cfg.model)
     prompt = prompt_config(cfg, settings.max_length)
     enc = encodings(pseudo.rows, tokenizer, prompt, cfg, data_key(pseudo.folder / ROWS))
+    features = row_features(cfg.model, pseudo.rows)  # a hybrid student's head input
 
     def for_fold(fold: int) -> list[dict]:
         by_fold = settings.pseudo_targets == "fold" and fold != MEAN_FOLD
@@ -212,6 +214,13 @@ def pseudo_examples(
                 "pseudo": 1.0,
             }
 
-        return make_examples(ids, [IGNORE_LABEL] * len(ids), enc, swap=settings.swap, fields=fields)
+        return make_examples(
+            ids,
+            [IGNORE_LABEL] * len(ids),
+            enc,
+            swap=settings.swap,
+            fields=fields,
+            features=features,
+        )
 
     return for_fold

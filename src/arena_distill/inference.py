@@ -9,7 +9,8 @@ padded by ``collate.pad_right``, the same padding the training collator uses.
   ``batch_size`` rows and at most ``max_tokens`` padded positions (rows × longest row) each; a
   single row longer than ``max_tokens`` forms a batch of its own; the cuts between batches
   minimise padding plus a cost per batch. ``predict_logits`` runs a
-  model over them and returns the logits in input order.
+  model over them and returns the logits in input order; a hybrid head's per-row features
+  (``features=``, ``models.hybrid``) travel with their rows through the sorting and splitting.
 * ``shard_work``: which (row, orientation) each device predicts. With swap-TTA on an even
   number of devices the first half does the original orientation and the second half the
   swapped one (the 1st place on 2× T4: original on GPU0, swapped on GPU1); otherwise all work
@@ -35,6 +36,7 @@ import torch
 
 from arena_distill import faults
 from arena_distill.collate import batch_buckets, bucket_length, pad_right, padding_mask_needed
+from arena_distill.models.hybrid import head_features
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +166,7 @@ def predict_logits(
     max_batches: int | None = None,
     position: int = 0,
     length_buckets: Sequence[int] | None = None,
+    features: np.ndarray | None = None,
 ) -> BatchRun:
     """Logits of ``model`` on every sequence, in input order (float32, shape (N, 3)).
 
@@ -172,9 +175,17 @@ def predict_logits(
     reached are left NaN. Batch widths are rounded up to ``length_buckets`` (default: the
     model's, ``collate.batch_buckets``; set when its kernels compile once per shape); the
     padding is masked and every row is pooled at its own last token, so the logits are the same.
+    ``features`` (N, n_features), one row per sequence in the same order: what a hybrid head
+    (``models.hybrid``) sees beside each sequence, batched with it; ignored by other heads.
     """
     n = len(sequences)
     out = np.full((n, 3), np.nan, dtype=np.float32)
+    if features is not None:
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or len(features) != n:
+            raise ValueError(
+                f"features must be one row per sequence: shape {features.shape} for {n} sequences"
+            )
     if n == 0:
         return BatchRun(out)
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=n)
@@ -203,7 +214,7 @@ def predict_logits(
     _sync(device)
     t0 = time.perf_counter()
     for batch in batches:
-        _forward(model, sequences, batch, pad_token_id, device, run, lengths, use_mask)
+        _forward(model, sequences, batch, pad_token_id, device, run, lengths, use_mask, features)
         run.batches += 1
         bar.update(len(batch))
         faults.point("inference.batch")
@@ -221,17 +232,28 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def _forward(
-    model, sequences, batch: np.ndarray, pad_token_id: int, device, run, lengths, use_mask=True
+    model,
+    sequences,
+    batch: np.ndarray,
+    pad_token_id: int,
+    device,
+    run,
+    lengths,
+    use_mask=True,
+    features: np.ndarray | None = None,
 ) -> None:
     """One batch into ``run.logits``; on an out-of-memory error the batch is split in two and
     each half retried (recursively), so a batch that is too big for the device costs time, not
     the run. A single row that does not fit keeps NaN logits (``run.failed_rows``): the caller
     falls back for it (``predict.predict_rows`` gives it the class prior). ``use_mask=False``
-    (a causal decoder, ``collate.padding_mask_needed``): no attention mask, same logits."""
+    (a causal decoder, ``collate.padding_mask_needed``): no attention mask, same logits.
+    ``features``: every sequence's (the batch's rows are taken), for a hybrid head."""
     try:
         ids, mask = pad_right([sequences[i] for i in batch], pad_token_id, buckets=run.buckets)
         attention_mask = mask.to(device) if use_mask else None
-        logits = model(input_ids=ids.to(device), attention_mask=attention_mask).logits
+        rows = None if features is None else torch.from_numpy(features[batch]).to(device)
+        with head_features(model, rows):
+            logits = model(input_ids=ids.to(device), attention_mask=attention_mask).logits
         run.logits[batch] = logits.float().cpu().numpy()
         run.tokens += int(lengths[batch].sum())
         run.padded += ids.numel()
@@ -249,8 +271,9 @@ def _forward(
     log.warning("out of memory on a batch of %d rows: split in two and retried", len(batch))
     half = len(batch) // 2
     # longest first: the first half holds the longest rows
-    _forward(model, sequences, batch[:half], pad_token_id, device, run, lengths, use_mask)
-    _forward(model, sequences, batch[half:], pad_token_id, device, run, lengths, use_mask)
+    args = (pad_token_id, device, run, lengths, use_mask, features)
+    _forward(model, sequences, batch[:half], *args)
+    _forward(model, sequences, batch[half:], *args)
 
 
 def measure_throughput(
@@ -263,15 +286,16 @@ def measure_throughput(
     n_batches: int = 4,
     device: str | torch.device | None = None,
     flops=None,
+    features: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Padded tokens/s on the first (longest) ``n_batches`` batches of ``sequences``, and
     FLOP/s when ``flops(length)`` (a sequence's forward FLOPs, ``planner.Architecture.flops``)
-    is given.
+    is given. ``features``: the sequences' features for a hybrid head (``predict_logits``).
 
     With 2+ batches the first one is a warm-up (CUDA kernels, allocator) and not timed.
     """
     kw = dict(pad_token_id=pad_token_id, batch_size=batch_size, max_tokens=max_tokens)
-    kw.update(device=device, progress=False)
+    kw.update(device=device, progress=False, features=features)
     warm = 1 if n_batches >= 2 else 0
     if warm:
         predict_logits(model, sequences, max_batches=1, **kw)
@@ -391,6 +415,7 @@ class WorkerJob:
     max_tokens: int | None
     progress: bool
     threads: int | None = None
+    features: np.ndarray | None = None  # one row per sequence (a hybrid head's input)
 
 
 def _run_job(job: WorkerJob, model: torch.nn.Module | None = None) -> BatchRun:
@@ -409,6 +434,7 @@ def _run_job(job: WorkerJob, model: torch.nn.Module | None = None) -> BatchRun:
         progress=job.progress,
         desc=f"predict[{job.device}]",
         position=job.rank,
+        features=job.features,
     )
 
 
@@ -441,6 +467,17 @@ class InferenceResult:
         return int(sum(s["padded"] for s in self.shards))
 
 
+def _shard_features(
+    features: Mapping[bool, np.ndarray] | None, shard: Sequence[WorkItem]
+) -> np.ndarray | None:
+    """The features of a shard's work items, in its order (None without features)."""
+    if features is None:
+        return None
+    width = np.asarray(features[ORIGINAL]).shape[1]
+    rows = [np.asarray(features[o][r], dtype=np.float32) for r, o in shard]
+    return np.stack(rows) if rows else np.zeros((0, width), dtype=np.float32)
+
+
 def run_inference(
     spec: ModelSpec,
     sequences: Mapping[bool, Sequence[Sequence[int]]],
@@ -451,12 +488,15 @@ def run_inference(
     max_tokens: int | None,
     progress: bool = True,
     model: torch.nn.Module | None = None,
+    features: Mapping[bool, np.ndarray] | None = None,
 ) -> InferenceResult:
     """Logits of every row in the needed orientations, sharded over ``devices``.
 
     One device: in this process (``model`` reused when given). Several: one spawned process
     per device, each loading its own copy of the model. ``sequences[False]`` / ``[True]`` are
-    the original / swapped token ids per row.
+    the original / swapped token ids per row; ``features[False]`` / ``[True]`` (a hybrid
+    head's) the rows' features in the same orientation (``features.orientation_features``):
+    each work item carries the features of the row as it is shown to the model.
     """
     devices = list(devices)
     n_rows = len(sequences[ORIGINAL])
@@ -475,6 +515,7 @@ def run_inference(
             max_tokens=max_tokens,
             progress=progress,
             threads=threads,
+            features=_shard_features(features, shard),
         )
         for k, shard in enumerate(shards)
     ]

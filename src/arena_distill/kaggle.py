@@ -10,7 +10,9 @@ The model folder carries :data:`PROMPT_FILE` (written by ``scripts/package_kaggl
 run's composed config): the prompt/template config the model was trained with, the model
 config (family, head, attention, softcapping) and the run's prediction settings. Explicit
 arguments win over the file; without the file the prompt is ``PromptConfig()`` (the 1st-place
-template) and the model config is inferred from ``config.json``, with a warning.
+template) and the model config is inferred from ``config.json``, with a warning. A hybrid-head
+model (``model.head: hybrid``) needs nothing more: ``predict_rows`` computes every test row's
+length features from the raw row, in each orientation, as training did.
 
 A package of ``pipeline.final: folds`` holds the base model once and every fold student's LoRA
 adapter (``folds/fold_<k>/``, listed in the file's ``final``): :func:`predict_csv` runs the
@@ -39,6 +41,7 @@ import pandas as pd
 
 from arena_distill.data.readers import read_competition, read_sample_submission
 from arena_distill.data.summary import DataSummary
+from arena_distill.features import folder_head
 from arena_distill.io import write_json
 from arena_distill.settings import PredictSettings
 from arena_distill.submission import read_submission, validate_submission, write_submission
@@ -145,7 +148,8 @@ def infer_model_cfg(model_dir: str | Path) -> dict[str, Any]:
         "dtype": "float32",
         "attn_implementation": "auto",
         "softcapping": None,
-        "head": "linear",
+        # a merged / quantized hybrid-head folder records its head (the loader restores it)
+        "head": "hybrid" if folder_head(model_dir) is not None else "linear",
         "quantization": None,
         "lora": None,
     }

@@ -36,6 +36,9 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 METHODS = ("ab_mean", "delta_mean")
+# heads a merged full folder carries: linear in their parameters (the mean of the fold heads is
+# the mean of their outputs) and rebuilt on load (the hybrid head from its config.json record)
+MERGEABLE_HEADS = ("linear", "hybrid")
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PREFIX = "base_model.model."  # peft's key prefix in a saved adapter
@@ -361,14 +364,18 @@ def merge_into_base(
     A 4-bit (QLoRA) config is loaded in its compute dtype instead: the fold adapters were
     trained on the dequantized NF4 weights, so the result is close to, not equal to, the
     QLoRA model. The saved ``config.json`` keeps ``num_labels``, ``pad_token_id`` and, for
-    Gemma-2, ``attn_implementation: eager`` (transformers 5 does not save it)."""
+    Gemma-2, ``attn_implementation: eager`` (transformers 5 does not save it). A hybrid head
+    (``model.head: hybrid``) is averaged like the linear one (it is linear in its parameters:
+    ``weight``, ``bias``, ``feature_weight``) and recorded in ``config.json``, so the project's
+    loaders rebuild it (``models.hybrid.restore_hybrid_head``)."""
     from arena_distill.models.factory import load_for_inference, pin_saved_attention
 
     cfg = _plain(model_cfg)
-    if cfg.get("head", "linear") != "linear":
+    if cfg.get("head", "linear") not in MERGEABLE_HEADS:
         raise MergeError(
-            f"head {cfg.get('head')!r}: a full model folder can only carry the linear head "
-            "(AutoModelForSequenceClassification would not rebuild an MLP head)"
+            f"head {cfg.get('head')!r}: a full model folder can only carry the linear or hybrid "
+            "head (AutoModelForSequenceClassification would not rebuild an MLP head, and the "
+            "mean of MLP heads is not the mean of their outputs)"
         )
     if cfg.get("quantization"):
         cfg["dtype"] = cfg["quantization"].get("compute_dtype", "bfloat16")

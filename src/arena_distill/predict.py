@@ -8,7 +8,8 @@ inference engine (``arena_distill.inference``); this module adds:
 
 * the time-budget guard (``guard_decision``): from a measured throughput (padded tokens/s) it
   estimates each plan and falls back, in order, to a shorter ``max_length`` and then to no TTA;
-* swap-TTA: both orientations predicted, the swapped one mirrored back, probabilities averaged;
+* swap-TTA: both orientations predicted, the swapped one mirrored back, probabilities averaged
+  (a hybrid head gets each orientation's own row features, ``features.orientation_features``);
 * ``postprocess``: the 4th place's fixed probabilities for empty and identical answers;
 * the outputs: ``submission.csv`` (validated), ``predictions.parquet``, ``metrics.json``,
   ``manifest.json``, written atomically.
@@ -34,6 +35,7 @@ import torch
 from arena_distill import faults
 from arena_distill.data.dedup import normalise_for_hash
 from arena_distill.data.swap import mirror_probs
+from arena_distill.features import orientation_features, uses_features
 from arena_distill.inference import (
     ORIGINAL,
     SWAPPED,
@@ -348,6 +350,7 @@ def _run_guard(
     devices: list[str],
     t_start: float,
     passes: int = 1,
+    features: Mapping[bool, np.ndarray] | None = None,
 ) -> tuple[GuardDecision, dict, torch.nn.Module | None]:
     """Measure throughput on the longest batches and decide the plan (in FLOPs when the
     model's architecture is known, else in padded tokens) for ``passes`` predictions of this
@@ -366,6 +369,7 @@ def _run_guard(
         n_batches=int(settings.guard_batches),
         device=devices[0],
         flops=None if arch is None else arch.flops,
+        features=None if features is None else features[ORIGINAL],
     )
     lengths = {o: [len(s) for s in enc[o]] for o in enc}
     fallback = settings.fallback_max_length
@@ -479,6 +483,8 @@ def predict_rows(request: PredictRequest, settings: PredictSettings) -> Path:
     encode = _Encoder(request)
     max_length = int(settings.max_length or request.prompt.max_length)
     enc = encode(max_length)
+    # a hybrid head's input: every row's features in each orientation, from the row as shown
+    features = orientation_features(request.rows) if uses_features(request.model_cfg) else None
     timer.lap("tokenize")
     devices = resolve_devices(settings.devices)
     if settings.device_map is not None:  # one copy over every device, driven from this process
@@ -489,7 +495,14 @@ def predict_rows(request: PredictRequest, settings: PredictSettings) -> Path:
     decision, decision_info, model = None, None, None
     if settings.time_budget_hours is not None and ids:
         decision, decision_info, model = _run_guard(
-            spec, enc, settings, requested, devices, t_start, max(1, int(request.passes))
+            spec,
+            enc,
+            settings,
+            requested,
+            devices,
+            t_start,
+            max(1, int(request.passes)),
+            features,
         )
         timer.lap("guard")
     plan = decision.plan if decision is not None else requested
@@ -506,6 +519,7 @@ def predict_rows(request: PredictRequest, settings: PredictSettings) -> Path:
         max_tokens=int(settings.max_tokens_per_batch or batch_size * plan.max_length),
         progress=bool(settings.progress),
         model=model,
+        features=features,
     )
     timer.lap("inference")
     # every sequence predicted: both orientations of a row under swap-TTA

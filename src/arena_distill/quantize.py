@@ -12,7 +12,9 @@ quantization goes through transformers' ``GPTQConfig`` (optimum + gptqmodel unde
   tokenised (optimum would otherwise tokenise strings without any truncation);
 * only the linear layers inside the transformer blocks are quantized (``block_name_to_quantize``,
   chosen from the model config's ``model_type``: BERT needs ``bert.encoder.layer``); the head
-  (``score`` / ``classifier``) lies outside the blocks and stays a plain ``nn.Linear``;
+  (``score`` / ``classifier``) lies outside the blocks and stays a plain ``nn.Linear``; a hybrid
+  head (``models.hybrid``), which ``from_pretrained`` loads as a plain linear one, is rebuilt
+  from the source folder's tensors before the model is saved (:func:`restore_head`);
 * a group size larger than a layer's ``in_features`` is accepted by gptqmodel, which then uses
   one group per output row (group = ``in_features``); this happens with the tiny test models
   (width 64/128 < 128), never with the real 3584/14336 widths. It is logged as a warning and
@@ -44,6 +46,7 @@ from arena_distill.models.factory import (
     head_module,
     pin_saved_attention,
 )
+from arena_distill.models.hybrid import HybridHead, restore_hybrid_head
 from arena_distill.quantize_methods import is_int8_linear
 from arena_distill.settings import QuantSettings
 from arena_distill.text import PromptConfig, _row_texts, encode_table, render_text
@@ -142,10 +145,11 @@ def head_state(model: nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
 
 
 def head_intact(model: nn.Module, expected: Mapping[str, torch.Tensor]) -> tuple[bool, str]:
-    """Whether ``model``'s head is a plain ``nn.Linear`` holding exactly ``expected``."""
+    """Whether ``model``'s head is a plain ``nn.Linear`` (or an unquantized hybrid head)
+    holding exactly ``expected``."""
     name, head = head_module(model)
-    if type(head) is not nn.Linear:
-        return False, f"{name} is {type(head).__name__}, not nn.Linear"
+    if type(head) not in (nn.Linear, HybridHead):
+        return False, f"{name} is {type(head).__name__}, not nn.Linear or HybridHead"
     got = head.state_dict()
     if set(got) != set(expected):
         return False, f"{name} tensors {sorted(got)} != {sorted(expected)}"
@@ -153,7 +157,7 @@ def head_intact(model: nn.Module, expected: Mapping[str, torch.Tensor]) -> tuple
         g = got[k].detach().cpu()
         if g.dtype != v.dtype or g.shape != v.shape or not torch.equal(g, v):
             return False, f"{name}.{k} differs from the source (dtype {g.dtype} vs {v.dtype})"
-    return True, f"{name} is nn.Linear with the source's weights"
+    return True, f"{name} is {type(head).__name__} with the source's weights"
 
 
 def is_quantized_linear(module: nn.Module) -> bool:
@@ -226,7 +230,15 @@ def load_classifier(
     model = AutoModelForSequenceClassification.from_pretrained(
         str(path), **{**_load_kwargs(config, dtype, device), **kwargs}
     )
+    restore_head(model, path)
     return model.to(device or default_device()).eval()
+
+
+def restore_head(model: nn.Module, source: str | Path) -> bool:
+    """The hybrid head ``source`` records, rebuilt with its tensors on ``model`` (just loaded
+    from ``source``, with or without quantization: the head is never quantized); whether it
+    was one (``models.hybrid.restore_hybrid_head``)."""
+    return restore_hybrid_head(model, source, head_module(model)[0])
 
 
 def gptq_config(
@@ -293,6 +305,7 @@ def quantize_model(
         ) from e
     if not quantized_layers(model):
         raise QuantizationError(f"{arch} from {source}: {tried} left no quantized layer")
+    restore_head(model, source)
     return model.eval()
 
 
@@ -327,12 +340,19 @@ def save_quantized(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Non
 
 
 def drift_logits(
-    model: nn.Module, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int = 16
+    model: nn.Module,
+    ids: Sequence[Sequence[int]],
+    pad_id: int,
+    batch_size: int = 16,
+    features: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Logits of every id list in input order, through the inference engine (float64)."""
+    """Logits of every id list in input order, through the inference engine (float64);
+    ``features``: the rows' features for a hybrid head."""
     from arena_distill.inference import predict_logits
 
-    run = predict_logits(model, ids, pad_token_id=pad_id, batch_size=batch_size, progress=False)
+    run = predict_logits(
+        model, ids, pad_token_id=pad_id, batch_size=batch_size, progress=False, features=features
+    )
     return run.logits.astype(np.float64)
 
 

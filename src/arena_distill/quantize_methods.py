@@ -36,7 +36,8 @@ from typing import Any
 
 from arena_distill.settings import QUANTIZE_METHODS as METHODS
 
-MARKER = "arena_distill"  # config.json key: {"quantize_method": ...}
+# config.json key: {"quantize_method": ...} (and "head" for a hybrid head: features.MARKER)
+MARKER = "arena_distill"
 # config.json quantization_config.quant_method -> our method
 QUANT_METHODS = {"gptq": "gptq", "bitsandbytes": "bnb_int8"}
 NONE_DTYPE = "float16"
@@ -149,7 +150,12 @@ def quantize_bnb_int8(source: str | Path, dtype: str = "auto", device: str | Non
     available, else the CPU); the head stays a plain ``nn.Linear`` in ``dtype``."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from arena_distill.quantize import QuantizationError, _load_kwargs, default_device
+    from arena_distill.quantize import (
+        QuantizationError,
+        _load_kwargs,
+        default_device,
+        restore_head,
+    )
 
     device = device or default_device()
     config = AutoConfig.from_pretrained(str(source))
@@ -166,6 +172,7 @@ def quantize_bnb_int8(source: str | Path, dtype: str = "auto", device: str | Non
             f"cannot load {arch} from {source} as bitsandbytes LLM.int8 on {device}: "
             f"{type(e).__name__}: {e}"
         ) from e
+    restore_head(model, source)  # a hybrid head, unquantized, with the source's tensors
     return model.eval()
 
 

@@ -173,6 +173,9 @@ class QuantizationSettings:
     quant_storage: str | None = None  # bfloat16 under DeepSpeed ZeRO-3 / FSDP
 
 
+MODEL_HEADS = ("linear", "mlp", "hybrid")  # models.factory.HEADS
+
+
 @dataclass(kw_only=True)
 class ModelSettings:
     """The ``model`` group (``models.factory`` builds the model from it)."""
@@ -184,7 +187,9 @@ class ModelSettings:
     dtype: str = "float32"
     attn_implementation: str = "auto"
     softcapping: bool | None = None
-    head: str = "linear"  # linear | mlp (2nd place)
+    # linear | mlp (2nd place) | hybrid: a linear head over [pooled representation ; the row's
+    # 8 length features] (features.head_features, fixed normalisation; models.hybrid)
+    head: str = "linear"
     head_dropout: float = 0.1
     # true | false | auto: from the device's free memory and an estimate of the activations
     # (models.memory.plan_micro_batch, decided when training starts); on CPU: off
@@ -200,6 +205,8 @@ class ModelSettings:
     liger_kernel: bool = False  # Liger's Triton kernels for the backbone (CUDA only; extra gpu)
 
     def __post_init__(self) -> None:
+        if self.head not in MODEL_HEADS:
+            raise ConfigError(f"model.head must be one of {MODEL_HEADS}, got {self.head!r}")
         if isinstance(self.gradient_checkpointing, str) and self.gradient_checkpointing != "auto":
             raise ConfigError(
                 f"model.gradient_checkpointing must be true, false or auto, "

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -39,12 +40,23 @@ from arena_distill.collate import (
 )
 from arena_distill.losses import IGNORE_LABEL, LossFn, cross_entropy
 from arena_distill.metrics import classification_metrics, log_loss_from_logits
+from arena_distill.models.hybrid import head_features
 from arena_distill.settings import SWAP_MODES, TrainSettings
 
 log = logging.getLogger(__name__)
 
 # label after an A/B swap (a pseudo-labelled row has none: IGNORE_LABEL)
 SWAP_LABEL = {0: 1, 1: 0, 2: 2, IGNORE_LABEL: IGNORE_LABEL}
+# the example / batch field of a row's features (models.hybrid: the hybrid head's input)
+FEATURES = "features"
+
+
+def example_features(examples: Sequence[dict]) -> np.ndarray | None:
+    """The ``features`` of ``examples`` as one (n, n_features) float32 array, in their order
+    (what the inference engine takes); None when they carry none."""
+    if not examples or FEATURES not in examples[0]:
+        return None
+    return np.asarray([e[FEATURES] for e in examples], dtype=np.float32)
 
 
 def examples_for(
@@ -54,11 +66,14 @@ def examples_for(
     *,
     swapped: bool = False,
     fields: Callable[[str, bool], dict] | None = None,
+    features: Mapping[tuple[str, bool], Sequence[float]] | None = None,
 ) -> list[dict]:
     """One example per row in one orientation (label mirrored for the swapped one).
 
     ``encodings[(id, swapped)]`` holds the token ids; ``fields(id, swapped)`` adds per-example
-    extras, e.g. the teacher logits of distillation.
+    extras, e.g. the teacher logits of distillation; ``features[(id, swapped)]`` the row's
+    features in that orientation (``features.feature_map``), for a hybrid head: the example's
+    ``features`` field, which the collator stacks and the trainer hands to the head.
     """
     out = []
     for rid, label in zip(ids, labels, strict=True):
@@ -66,6 +81,8 @@ def examples_for(
             "input_ids": encodings[(rid, swapped)],
             "labels": SWAP_LABEL[label] if swapped else label,
         }
+        if features is not None:
+            ex[FEATURES] = features[(rid, swapped)]
         if fields is not None:
             ex.update(fields(rid, swapped))
         out.append(ex)
@@ -79,14 +96,17 @@ def make_examples(
     *,
     swap: str,
     fields: Callable[[str, bool], dict] | None = None,
+    features: Mapping[tuple[str, bool], Sequence[float]] | None = None,
 ) -> list[dict]:
-    """Training examples with the swap augmentation ``swap`` (``random`` / ``full`` / ``none``)."""
+    """Training examples with the swap augmentation ``swap`` (``random`` / ``full`` / ``none``);
+    a swapped example carries the swapped row's ``features`` (see :func:`examples_for`)."""
     if swap not in SWAP_MODES:
         raise ValueError(f"swap must be one of {SWAP_MODES}, got {swap!r}")
-    original = examples_for(ids, labels, encodings, swapped=False, fields=fields)
+    kw = {"fields": fields, "features": features}
+    original = examples_for(ids, labels, encodings, swapped=False, **kw)
     if swap == "none":
         return original
-    swapped = examples_for(ids, labels, encodings, swapped=True, fields=fields)
+    swapped = examples_for(ids, labels, encodings, swapped=True, **kw)
     if swap == "random":
         return original + swapped  # the sampler shuffles
     # full: both orientations in one example, so they land in the same optimiser step;
@@ -177,18 +197,21 @@ class PreferenceTrainer(Trainer):
         return int(total[0]), int(total[1])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if "last_index" in inputs:  # packing: one concatenated row (collate.pack_rows)
-            from arena_distill.models.packing import packed_logits
+        # a hybrid head's per-row features (one row per sequence, packed or padded)
+        with head_features(model, inputs.get(FEATURES)):
+            if "last_index" in inputs:  # packing: one concatenated row (collate.pack_rows)
+                from arena_distill.models.packing import packed_logits
 
-            logits = packed_logits(
-                model, inputs["input_ids"], inputs["position_ids"], inputs["last_index"]
-            )
-            outputs = SequenceClassifierOutput(logits=logits)
-        else:
-            # a causal decoder's right padding is invisible to its real tokens: no mask, the
-            # same loss and gradients, sdpa's fast causal kernel (collate.padding_mask_needed)
-            mask = inputs["attention_mask"] if padding_mask_needed(model) else None
-            outputs = model(input_ids=inputs["input_ids"], attention_mask=mask)
+                logits = packed_logits(
+                    model, inputs["input_ids"], inputs["position_ids"], inputs["last_index"]
+                )
+                outputs = SequenceClassifierOutput(logits=logits)
+            else:
+                # a causal decoder's right padding is invisible to its real tokens: no mask,
+                # the same loss and gradients, sdpa's fast causal kernel
+                # (collate.padding_mask_needed)
+                mask = inputs["attention_mask"] if padding_mask_needed(model) else None
+                outputs = model(input_ids=inputs["input_ids"], attention_mask=mask)
         loss_fn = self.loss_fn if model.training else cross_entropy
         loss = loss_fn(outputs.logits, inputs)
         return (loss, outputs) if return_outputs else loss
@@ -225,6 +248,7 @@ class PreferenceTrainer(Trainer):
             pad_token_id=int(self.data_collator.pad_token_id),
             batch_size=self.args.per_device_eval_batch_size,
             progress=False,
+            features=example_features(dataset),
         )
         self.model.train(was_training)
         labels = [e["labels"] for e in dataset]

@@ -12,6 +12,7 @@ from arena_distill.collate import PreferenceCollator, pack_rows, pad_right
 from arena_distill.config import config_dir
 from arena_distill.models import build_tiny_models
 from arena_distill.models.factory import build_model
+from arena_distill.models.hybrid import head_features, hybrid_heads
 from arena_distill.models.packing import packed_logits
 from arena_distill.settings import TrainSettings
 from arena_distill.train import fit, make_examples
@@ -139,3 +140,56 @@ def test_fit_trains_packed(tiny, tmp_path):
     assert result.padding_share == 0.0
     assert result.trained_rows == 12
     assert result.trained_tokens == sum(len(s) for s in seqs)
+
+
+def test_packed_hybrid_head_gets_each_rows_features(tiny, tmp_path):
+    """model.head=hybrid with packing: the packed row's pooled rows meet their own features
+    (the same logits and head gradients as the padded forward), and fit trains it packed."""
+    torch.manual_seed(0)
+    model, tok = build_model(model_cfg(tiny, "llama", head="hybrid"), train=True)
+    seqs = rows(2)
+    pad = tok.pad_token_id
+    seqs = [[t if t != pad else pad + 1 for t in s] for s in seqs]
+    feats = torch.tensor(np.random.default_rng(2).normal(size=(5, 8)), dtype=torch.float32)
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    ids, mask = pad_right(seqs, pad)
+    with head_features(model, feats):
+        padded = model(input_ids=ids, attention_mask=mask).logits
+    torch.nn.functional.cross_entropy(padded, labels).backward()
+    grads = {
+        n: p.grad.clone()
+        for n, p in model.named_parameters()
+        if ".score." in n and p.grad is not None
+    }
+    assert any(n.endswith("feature_weight") for n in grads)
+    model.zero_grad()
+    batch = pack_rows(seqs, pad)
+    with head_features(model, feats):
+        packed = packed_logits(
+            model, batch["input_ids"], batch["position_ids"], batch["last_index"]
+        )
+    torch.nn.functional.cross_entropy(packed, labels).backward()
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(
+            dict(model.named_parameters())[name].grad, grad, atol=1e-5, rtol=1e-4
+        )
+
+    ids_ = [str(k) for k in range(5)]
+    enc = {(r, s): seqs[k] for k, r in enumerate(ids_) for s in (False, True)}
+    fmap = {(r, s): tuple(feats[k].tolist()) for k, r in enumerate(ids_) for s in (False, True)}
+    examples = make_examples(ids_, [0, 1, 2, 1, 0], enc, swap="none", features=fmap)
+    settings = TrainSettings(
+        global_batch_size=5,
+        per_device_batch_size=5,
+        max_steps=2,
+        warmup_steps=0,
+        logging_steps=1,
+        swap="none",
+        packing=True,
+        lr=1e-2,
+    )
+    head = [h for h in hybrid_heads(model) if h.weight.requires_grad][0]
+    before = head.feature_weight.detach().clone()
+    fit(model, tok, examples, None, settings, tmp_path)
+    assert not torch.equal(head.feature_weight.detach(), before)

@@ -3,7 +3,8 @@
 One function turns a ``configs/model/*.yaml`` mapping into a ready model: the backbone loaded as
 ``AutoModelForSequenceClassification`` (3 labels, pooled on the last non-pad token for decoders),
 the attention implementation that keeps Gemma-2's softcapping, optional 4-bit NF4 (QLoRA
-teachers), the optional 2nd-place MLP head, and a LoRA whose head is always fully trained
+teachers), the optional 2nd-place MLP head or the hybrid head (``models.hybrid``: pooled
+representation and length features), and a LoRA whose head is always fully trained
 (``modules_to_save``). ``init_adapter`` starts a stage from an earlier stage's LoRA with a fresh
 head, as the 1st place did after post-pretraining on UltraFeedback.
 """
@@ -39,6 +40,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from arena_distill.features import folder_head
+from arena_distill.models.hybrid import install_hybrid_head, restore_hybrid_head
+from arena_distill.settings import MODEL_HEADS
+
 log = logging.getLogger(__name__)
 
 DTYPES = {
@@ -50,6 +55,8 @@ DTYPES = {
     "fp16": torch.float16,
 }
 HEAD_NAMES = ("score", "classifier")  # decoders' *ForSequenceClassification, BERT
+# model.head: the HF linear head, the 2nd place's MLP, or linear over [pooled ; length features]
+HEADS = MODEL_HEADS
 GC_KWARGS = {"use_reentrant": False}
 
 
@@ -264,15 +271,37 @@ def load_base_model(
     # Without pad_token_id the classifier cannot find the last real token of a padded batch.
     if tokenizer is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    if model_cfg.get("head", "linear") == "mlp":
-        # The HF forward calls `self.score(hidden)` / `self.classifier(pooled)`: a Sequential
-        # under the same attribute name keeps that call working.
-        name = head_name(model)
-        p = float(model_cfg.get("head_dropout", 0.1))
-        setattr(model, name, _mlp_head(getattr(model, name), kwargs["num_labels"], p))
-    elif model_cfg.get("head", "linear") != "linear":
-        raise ValueError(f"unknown head {model_cfg.get('head')!r}; expected linear or mlp")
+    set_head(model, model_cfg, None if architecture is not None else model_cfg["name_or_path"])
     return model
+
+
+def set_head(model: PreTrainedModel, model_cfg: Mapping[str, Any], folder: Any = None) -> None:
+    """The head of ``model_cfg`` on a freshly loaded classifier (``folder``: where it was
+    loaded from). A folder recording a hybrid head (a merged or quantized model) gets it back
+    with its saved tensors (``models.hybrid.restore_hybrid_head``), whatever the config says
+    but ``mlp``; otherwise ``mlp`` and ``hybrid`` replace the linear head by a fresh one. The
+    HF forward calls ``self.score(hidden)`` / ``self.classifier(pooled)``: a module under the
+    same attribute name keeps that call working."""
+    head = model_cfg.get("head", "linear")
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; expected one of {HEADS}")
+    name = head_name(model)
+    saved = folder is not None and folder_head(str(folder)) is not None
+    if saved:
+        if head == "mlp":
+            raise ValueError(
+                f"{folder} holds a hybrid head but the model config says head=mlp; "
+                "set model.head=hybrid (or linear: the folder's head is used)"
+            )
+        restore_hybrid_head(model, folder, name)
+        if head != "hybrid":
+            log.info("%s: the folder's hybrid head is used (model.head=%s)", folder, head)
+    elif head == "mlp":
+        p = float(model_cfg.get("head_dropout", 0.1))
+        num_labels = int(model_cfg.get("num_labels", 3))
+        setattr(model, name, _mlp_head(getattr(model, name), num_labels, p))
+    elif head == "hybrid":
+        install_hybrid_head(model, name)
 
 
 def _random_init(
@@ -469,8 +498,9 @@ def load_for_inference(
     """A trained model in eval mode: the base plus the adapter in ``adapter_dir`` (if any).
 
     The saved head comes back through the adapter's ``modules_to_save``; the base must be built
-    with the same config (an MLP head must exist before the adapter's weights can fill it).
-    Without ``adapter_dir`` the folder of ``name_or_path`` is the whole model (merged or full).
+    with the same config (an MLP or hybrid head must exist before the adapter's weights can
+    fill it). Without ``adapter_dir`` the folder of ``name_or_path`` is the whole model (merged
+    or full; a hybrid head it records is restored with its tensors).
     """
     model, tokenizer = build_model(model_cfg, device=device, train=False)
     if adapter_dir is not None:
@@ -492,6 +522,7 @@ def load_split(model_cfg: Mapping[str, Any], device_map: str = "auto") -> tuple[
         device_map=device_map,
     )
     model.config.pad_token_id = tokenizer.pad_token_id
+    restore_hybrid_head(model, model_cfg["name_or_path"], head_name(model))
     return model.eval(), tokenizer
 
 

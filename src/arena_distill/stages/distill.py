@@ -32,6 +32,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from arena_distill import fingerprint
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.crossval import run_folds

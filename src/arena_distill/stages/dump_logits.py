@@ -33,6 +33,7 @@ from arena_distill.crossval import oof_logits
 from arena_distill.data.folds import split_by_fold
 from arena_distill.distributed import is_main_process, train_device
 from arena_distill.encode import labelled_encodings
+from arena_distill.features import row_features
 from arena_distill.io import (
     StageTimer,
     atomic_dir,
@@ -129,7 +130,7 @@ def run(cfg: DictConfig) -> Path:
         accepted,
     )
     parts = []
-    enc = None
+    enc = features = None
     n_rows = n_tokens = 0
     predict_s = 0.0
     for fold in range(run_data.n_folds):
@@ -138,6 +139,7 @@ def run(cfg: DictConfig) -> Path:
         )
         if enc is None:
             enc = labelled_encodings(cfg, run_data, tokenizer, teacher.max_length)
+            features = row_features(cfg.model, run_data.labelled)  # a hybrid head's input
         train_rows, valid_rows = split_by_fold(run_data.labelled, run_data.folds, fold)
         splits = {"train": train_rows} if settings.in_sample else {}
         if settings.out_of_fold:
@@ -146,7 +148,7 @@ def run(cfg: DictConfig) -> Path:
             ids, labels = rows["id"].tolist(), rows["label"].astype(int).tolist()
             for orientation in settings.orientations:
                 swapped = ORIENTATIONS[orientation]
-                examples = examples_for(ids, labels, enc, swapped=swapped)
+                examples = examples_for(ids, labels, enc, swapped=swapped, features=features)
                 t0 = time.perf_counter()
                 logits = oof_logits(
                     model, examples, int(tokenizer.pad_token_id), settings.batch_size

@@ -54,6 +54,7 @@ from arena_distill.distillation import (
 )
 from arena_distill.distributed import barrier, is_main_process, train_device
 from arena_distill.encode import labelled_encodings
+from arena_distill.features import row_features
 from arena_distill.io import (
     MANIFEST,
     StageTimer,
@@ -147,7 +148,8 @@ def run(cfg: DictConfig) -> Path:
     tokenizer = load_tokenizer(cfg.model)
     enc = labelled_encodings(cfg, run_data, tokenizer, settings.max_length)
     fields = all_rows_fields(lookups, pseudo=pseudo is not None)
-    examples = make_examples(ids, labels, enc, swap=settings.swap, fields=fields)
+    features = row_features(cfg.model, rows)  # a hybrid head's input (None otherwise)
+    examples = make_examples(ids, labels, enc, swap=settings.swap, fields=fields, features=features)
     extra = []
     if pseudo is not None:
         labelled = set(run_data.labelled["id"].astype(str))

@@ -23,6 +23,7 @@ from arena_distill.config import hydra_app
 from arena_distill.data.tableio import load_table
 from arena_distill.distributed import barrier, is_main_process, train_device
 from arena_distill.encode import encodings, pretrain_key, prompt_config
+from arena_distill.features import row_features
 from arena_distill.io import (
     StageInputError,
     StageTimer,
@@ -67,7 +68,11 @@ def run(cfg: DictConfig) -> Path:
     prompt = prompt_config(cfg, settings.max_length)
     enc = encodings(table, tokenizer, prompt, cfg, pretrain_key(data_dir))
     examples = make_examples(
-        table["id"].tolist(), table["label"].astype(int).tolist(), enc, swap=settings.swap
+        table["id"].tolist(),
+        table["label"].astype(int).tolist(),
+        enc,
+        swap=settings.swap,
+        features=row_features(cfg.model, table),  # a hybrid head's input (else None)
     )
     timer.lap("tokenize")
     set_seed(settings.seed)

@@ -42,6 +42,7 @@ from arena_distill.data.summary import DataSummary
 from arena_distill.data.tableio import load_table, save_table
 from arena_distill.distributed import is_main_process, train_device
 from arena_distill.encode import encodings, prompt_config
+from arena_distill.features import orientation_features, uses_features
 from arena_distill.inference import predict_logits
 from arena_distill.io import (
     MANIFEST,
@@ -164,7 +165,7 @@ def run(cfg: DictConfig) -> Path:
         teacher_dirs.append(teacher_dir)
         accepted += fingerprint.check_input(teacher_dir, cfg, fingerprint.DATA_SPLIT)
         model_cfg = teacher_model_config(teacher_dir)
-        enc = None
+        enc = features = None
         for fold in range(run_data.n_folds):
             accepted += fingerprint.check_files(
                 fold_dir(teacher_dir, fold), cfg, run_data.files, stage="teacher"
@@ -175,6 +176,8 @@ def run(cfg: DictConfig) -> Path:
             if enc is None:
                 prompt = prompt_config(cfg, teacher_settings.max_length)
                 enc = encodings(pool, tokenizer, prompt, cfg, key=None)
+                # a hybrid teacher's head input: each orientation's own features
+                features = orientation_features(pool) if uses_features(model_cfg) else None
             for swapped in (False, True):
                 sequences = [enc[(rid, swapped)] for rid in ids]
                 t0 = time.perf_counter()
@@ -184,6 +187,7 @@ def run(cfg: DictConfig) -> Path:
                     pad_token_id=int(tokenizer.pad_token_id),
                     batch_size=settings.batch_size,
                     progress=False,
+                    features=None if features is None else features[swapped],
                 )
                 predict_s += time.perf_counter() - t0
                 n_rows += len(sequences)

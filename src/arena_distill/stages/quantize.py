@@ -12,7 +12,10 @@ full Hugging Face sequence-classification folder with its tokenizer) and the dat
 * ``none``: the source as float16.
 
 The head (``score`` / ``classifier``) stays an unquantized ``nn.Linear`` with the source's
-weights (``none``: cast to float16), which the stage checks on the reloaded output.
+weights (``none``: cast to float16), which the stage checks on the reloaded output; a hybrid
+head (``model.head: hybrid``, recorded in the source's ``config.json``) likewise stays the
+unquantized ``models.hybrid.HybridHead`` with the source's tensors, and the drift is measured
+with the rows' length features.
 
 Writes ``stages.quantize.out_dir`` (default ``${run_dir}/quantized/``), atomically: the model
 folder (``config.json`` with its ``quantization_config`` and ``arena_distill.quantize_method``,
@@ -39,6 +42,7 @@ from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.folds import split_by_fold
 from arena_distill.encode import prompt_config
+from arena_distill.features import folder_head, head_features
 from arena_distill.io import (
     StageInputError,
     StageTimer,
@@ -241,6 +245,8 @@ def run(cfg: DictConfig) -> Path:
     if rows.empty:
         raise StageInputError("quantize: no held-out rows (holdout or fold 0) to measure drift on")
     eval_ids = encode_table(rows, tokenizer, dataclasses.replace(prompt, max_length=eval_length))
+    # a hybrid head's input (the source folder records one): the rows' own features
+    eval_features = head_features(rows) if folder_head(source) is not None else None
     labels = rows["label"].to_numpy()
     labels = labels.astype(np.int64) if not rows["label"].isna().any() else None
     pad_id = tokenizer.pad_token_id
@@ -251,7 +257,7 @@ def run(cfg: DictConfig) -> Path:
     source_model = load_classifier(source, stage.dtype)
     head_name, head_weights = head_state(source_model)
     widths = linear_in_features(source_model, block_name(model_config))
-    source_logits = drift_logits(source_model, eval_ids, pad_id, batch)
+    source_logits = drift_logits(source_model, eval_ids, pad_id, batch, eval_features)
     del source_model
     gc.collect()
     narrow = warn_narrow_layers(widths, stage.group_size) if gptq else 0
@@ -283,7 +289,7 @@ def run(cfg: DictConfig) -> Path:
         if saved_method != method:
             raise QuantizationError(f"{tmp} holds a {saved_method!r} model, not {method!r}")
         method_metrics = gptq_metrics(gptq, reloaded, narrow)
-        quant_logits = drift_logits(reloaded, eval_ids, pad_id, batch)
+        quant_logits = drift_logits(reloaded, eval_ids, pad_id, batch, eval_features)
         del reloaded
         timer.lap("quantized_logits")
 
