@@ -243,7 +243,7 @@ def fit_stacker(
     scaler = StandardScaler().fit(x)
     if len(np.unique(y)) < 2:
         raise ValueError(f"the stacker's training rows have one class only ({int(y[0])})")
-    model = LogisticRegression(C=c, max_iter=5000, random_state=seed)
+    model = LogisticRegression(C=c, max_iter=10000, tol=1e-8, random_state=seed)
     model.fit(scaler.transform(x), y)
     classes = tuple(int(k) for k in model.classes_)
     coef, intercept = model.coef_.astype(np.float64), model.intercept_.astype(np.float64)
