@@ -252,13 +252,14 @@ def table_lines(results: dict) -> list[str]:
     if inf:
         lines.append(
             f"{'inference':<12} {'engine tok/s':>12} {'naive':>10} {'limit':>10} "
-            f"{'vs naive':>8} {'vs limit':>8} {'pad eng':>8} {'pad naive':>9}"
+            f"{'vs naive':>8} {'vs limit':>8} {'lim/naive':>9} {'pad eng':>8} {'pad naive':>9}"
         )
         for n, r in inf.items():
             t, p = r["tokens_per_s"], r["padding_share"]
             lines.append(
                 f"{n:<12} {t['engine']:>12,.0f} {t['naive']:>10,.0f} {t['limit']:>10,.0f} "
                 f"{r['engine_vs_naive']:>8.2f} {r['engine_vs_limit']:>8.3f} "
+                f"{r.get('limit_vs_naive', float('nan')):>9.2f} "
                 f"{p['engine']:>8.1%} {p['naive']:>9.1%}"
             )
     tr = {n: r["training"] for n, r in results.items() if "training" in r}

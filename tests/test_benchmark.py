@@ -106,6 +106,9 @@ def _check_bench_outputs(out: Path) -> None:
     for name, res in inference["models"].items():
         r = res["inference"]
         assert r["engine_vs_naive"] > 0 and r["engine_vs_limit"] > 0, name
+        assert r["limit_vs_naive"] == pytest.approx(
+            r["tokens_per_s"]["limit"] / r["tokens_per_s"]["naive"], rel=1e-3
+        )
         assert all(v > 0 for v in r["tokens_per_s"].values()), name
         pad = r["padding_share"]
         assert 0 <= pad["engine"] <= pad["naive"] <= 1, name
