@@ -230,3 +230,29 @@ def test_stale_fold_folders_are_accepted_under_overwrite_like_the_fingerprint(
     accepted = read_json(out / "manifest.json")["stale_inputs_accepted"]
     assert any("changed since teachers/tiny_llama" in a for a in accepted)
     assert any("fold_0 is stale" in a for a in accepted)
+
+
+def test_stale_check_of_a_run_made_from_another_directory_merges(
+    stale_base, trained_run, tmp_path, monkeypatch
+):
+    """``make pipeline OUT=runs/x`` records relative input paths; merging that run from another
+    working directory (or a copy of it) must not read them as changed files."""
+    root = copy_of(stale_base, trained_run, tmp_path)
+    teachers = run_dir(root) / "teachers" / "tiny_llama"
+    for manifest in teachers.glob("fold_*/manifest.json"):
+        data = read_json(manifest)
+        for item in data["inputs"]:
+            item["path"] = "runs/demo/data/" + Path(item["path"]).name  # relative, elsewhere
+        manifest.write_text(__import__("json").dumps(data))
+    monkeypatch.chdir(tmp_path)  # no runs/demo/data here: those paths do not exist
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    out = merge.run(
+        cfg_of(
+            root,
+            trained_run,
+            f"stages.merge.source={teachers}",
+            f"stages.merge.out_dir={tmp_path}/merged",
+        )
+    )
+    assert (out / "manifest.json").is_file()

@@ -76,9 +76,13 @@ def _check_part(folder: Path, stage: str, cfg: DictConfig) -> None:
             f"{folder} was trained on model {trained_on!r} but model={cfg.model.name!r}; "
             f"merge with model={trained_on}"
         )
-    recorded = [i["path"] for i in manifest.get("inputs", [])]
-    # accepted under overwrite=true: the source's combined manifest's check names them
-    fingerprint.check_files(folder, cfg, recorded, stage=stage)
+    # the run's data files as they are now, against the hashes the part's manifest recorded for
+    # the same paths (its own recorded paths may be relative to another working directory, or
+    # to a run folder since copied: fingerprint.check_input covers those by run-relative path);
+    # accepted under overwrite=true, the source's combined manifest's check names them
+    data_dir = Path(config.stage(cfg, "data").out_dir)
+    files = sorted(p for p in data_dir.iterdir() if p.is_file()) if data_dir.is_dir() else []
+    fingerprint.check_files(folder, cfg, files, stage=stage)
 
 
 def source_folds(cfg: DictConfig) -> tuple[Path, str, list[Path]]:
