@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import sparse
+from scipy.special import softmax
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
@@ -47,6 +48,14 @@ def class_scores(scores: np.ndarray) -> np.ndarray:
     if scores.shape[1] == 1:
         scores = np.column_stack([np.zeros(len(scores)), scores[:, 0]])
     return scores
+
+
+def class_probs(
+    scores: np.ndarray, classes: Sequence[int], floor: float, n_classes: int = N_CLASSES
+) -> np.ndarray:
+    """``(n, 3)`` probabilities from a linear model's decision scores over the classes it was
+    fitted on (:func:`class_scores`, softmax, :func:`expand_classes`)."""
+    return expand_classes(softmax(class_scores(scores), axis=1), classes, floor, n_classes)
 
 
 def expand_classes(

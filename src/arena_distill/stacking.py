@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.special import log_softmax, softmax
+from scipy.special import log_softmax
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -53,8 +53,7 @@ from arena_distill.baselines import (
     Baseline,
     _text,
     absent_probability,
-    class_scores,
-    expand_classes,
+    class_probs,
     length_features,
 )
 from arena_distill.data.swap import swap_table
@@ -176,7 +175,7 @@ class Stacker:
     features: list[str]
     mean: np.ndarray
     scale: np.ndarray
-    coef: np.ndarray  # (K, F): one row per fitted class
+    coef: np.ndarray  # (K, F): one row per fitted class (one row for a binary regression)
     intercept: np.ndarray  # (K,)
     c: float | None  # None: a passthrough (one input's own probabilities)
     passthrough: str | None = None  # that input's block name
@@ -185,12 +184,12 @@ class Stacker:
     floor: float = 0.0
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        """(n, K) scores of the fitted classes."""
+        """(n, K) decision scores (a binary regression's: one column)."""
         z = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
         return z @ self.coef.T + self.intercept
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        return expand_classes(softmax(self.logits(x), axis=1), self.classes, self.floor)
+        return class_probs(self.logits(x), self.classes, self.floor)
 
     def predict(self, feats: Features) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities, swap-TTA probabilities or None) of ``feats``."""
@@ -246,16 +245,12 @@ def fit_stacker(
     model = LogisticRegression(C=c, max_iter=10000, tol=1e-8, random_state=seed)
     model.fit(scaler.transform(x), y)
     classes = tuple(int(k) for k in model.classes_)
-    coef, intercept = model.coef_.astype(np.float64), model.intercept_.astype(np.float64)
-    if len(classes) == 2:  # a binary regression: z for the second class, 0 for the first
-        coef = np.vstack([np.zeros_like(coef[0]), coef[0]])
-        intercept = np.array([0.0, intercept[0]])
     return Stacker(
         features=list(feats.names),
         mean=scaler.mean_.astype(np.float64),
         scale=scaler.scale_.astype(np.float64),
-        coef=coef,
-        intercept=intercept,
+        coef=model.coef_.astype(np.float64),
+        intercept=model.intercept_.astype(np.float64),
         c=float(c),
         classes=classes,
         # a class none of the rows has (a set without ties): a small smoothed probability
@@ -445,12 +440,8 @@ def predict_exported(arrays: Mapping[str, np.ndarray], rows: pd.DataFrame) -> np
     coef = np.asarray(arrays["coef"], dtype=np.float64)
     classes = arrays["classes"] if "classes" in arrays else np.arange(N_CLASSES)
     floor = float(arrays["floor"]) if "floor" in arrays else 0.0
-
-    def probs(logits: np.ndarray) -> np.ndarray:
-        return expand_classes(softmax(class_scores(logits), axis=1), classes, floor)
-
     if "vocab" not in arrays:
-        return probs(dense @ coef.T + arrays["intercept"])
+        return class_probs(dense @ coef.T + arrays["intercept"], classes, floor)
     n_vocab = len(arrays["vocab"])
     index = {str(t): j for j, t in enumerate(arrays["vocab"])}
     ngram = tuple(int(v) for v in arrays["ngram_range"])
@@ -461,7 +452,7 @@ def predict_exported(arrays: Mapping[str, np.ndarray], rows: pd.DataFrame) -> np
     logits = dense @ coef[:, n_vocab:].T + arrays["intercept"]
     for i, ((ca, va), (cb, vb)) in enumerate(zip(side_a, side_b, strict=True)):
         logits[i] += text_coef[:, ca] @ va - text_coef[:, cb] @ vb
-    return probs(logits)
+    return class_probs(logits, classes, floor)
 
 
 # --------------------------------------------------------------------------- the shipped folder
