@@ -63,7 +63,7 @@ SOURCE_BLOCKS = ("model", *fingerprint.DATA_SPLIT)
 SINGLE_ADAPTER_STAGES = ("full",)
 
 
-def _check_part(folder: Path, stage: str, cfg: DictConfig) -> None:
+def _check_part(folder: Path, stage: str, cfg: DictConfig, data_files: list[Path]) -> None:
     """One adapter's folder: written by ``stage``, trained on ``cfg.model``, fresh."""
     manifest = read_json(folder / MANIFEST)
     if manifest.get("stage") != stage:
@@ -80,9 +80,7 @@ def _check_part(folder: Path, stage: str, cfg: DictConfig) -> None:
     # the same paths (its own recorded paths may be relative to another working directory, or
     # to a run folder since copied: fingerprint.check_input covers those by run-relative path);
     # accepted under overwrite=true, the source's combined manifest's check names them
-    data_dir = Path(config.stage(cfg, "data").out_dir)
-    files = sorted(p for p in data_dir.iterdir() if p.is_file()) if data_dir.is_dir() else []
-    fingerprint.check_files(folder, cfg, files, stage=stage)
+    fingerprint.check_files(folder, cfg, data_files, stage=stage)
 
 
 def source_folds(cfg: DictConfig) -> tuple[Path, str, list[Path]]:
@@ -97,9 +95,11 @@ def source_folds(cfg: DictConfig) -> tuple[Path, str, list[Path]]:
             "per-fold stage first (`arena-distill distill`, or set stages.merge.source)"
         )
     stage = read_json(source / MANIFEST).get("stage")
+    data_dir = Path(config.stage(cfg, "data").out_dir)
+    data_files = sorted(p for p in data_dir.iterdir() if p.is_file()) if data_dir.is_dir() else []
     if stage in SINGLE_ADAPTER_STAGES:
         require_stage_output(source, stage=stage, files=["adapter"])
-        _check_part(source, stage, cfg)
+        _check_part(source, stage, cfg, data_files)
         return source, stage, [source / "adapter"]
     data_dir = require_stage_output(config.stage(cfg, "data").out_dir, stage="data", files=[FOLDS])
     n_folds = layout.n_folds(read_folds(data_dir / FOLDS))
@@ -108,7 +108,7 @@ def source_folds(cfg: DictConfig) -> tuple[Path, str, list[Path]]:
         source, stage=stage, files=[*adapters, *(f"fold_{k}/{MANIFEST}" for k in range(n_folds))]
     )
     for k in range(n_folds):
-        _check_part(source / f"fold_{k}", stage, cfg)
+        _check_part(source / f"fold_{k}", stage, cfg, data_files)
     return source, stage, [source / a for a in adapters]
 
 
