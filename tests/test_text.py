@@ -3,6 +3,7 @@ arena_distill.tokens (fingerprints, cache key, the on-disk cache)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -628,6 +629,11 @@ def test_cache_key_is_pinned():
     assert cache_key(df, tokenizer, cfg, data_key="kaggle-v1") == (
         "456cc18717a145e602f7e6eccbb6516cff8e57576c57be0b562f19353a42726a"
     )
+    # a field added later enters the key only away from its neutral value
+    shared = PromptConfig(mode="multi_turn", length_hint="({words}) ", shared_turns="context")
+    assert cache_key(df, tokenizer, shared, data_key="kaggle-v1") != cache_key(
+        df, tokenizer, cfg, data_key="kaggle-v1"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -659,6 +665,59 @@ def test_length_hint_counts_the_uncut_answer(bpe_tok):
     assert fwd != bwd
     no_hint = encode_table(df, bpe_tok, PromptConfig(max_words_response=20))[0]
     assert len(fwd) > len(no_hint)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared turns
+# ---------------------------------------------------------------------------------------------
+
+
+def test_fold_shared_turns_unit():
+    fold = T.fold_shared_turns
+    # HH-style: every turn but the last is shared history
+    assert fold(["q1", "q2", "q3"], ["x", "y", "A"], ["x", "y", "B"], "\n") == (
+        ["q1\nx\nq2\ny\nq3"],
+        ["A"],
+        ["B"],
+    )
+    # only the leading shared turns move; a later equal turn stays an answer
+    assert fold(["q1", "q2", "q3"], ["x", "a2", "s"], ["x", "b2", "s"], " | ") == (
+        ["q1 | x | q2", "q3"],
+        ["a2", "s"],
+        ["b2", "s"],
+    )
+    # nothing shared, identical answers (the last turn stays an answer), or a count mismatch
+    assert fold(["q"], ["a"], ["b"], "\n") == (["q"], ["a"], ["b"])
+    assert fold(["q1", "q2"], ["s", "t"], ["s", "t"], "\n") == (["q1\ns\nq2"], ["t"], ["t"])
+    assert fold(["q1", "q2"], ["s"], ["s", "t"], "\n") == (["q1", "q2"], ["s"], ["s", "t"])
+    with pytest.raises(ValueError, match="shared_turns"):
+        PromptConfig(shared_turns="drop")
+
+
+@pytest.mark.parametrize("mode", ["first_place", "multi_turn"])
+def test_shared_turns_keep_what_separates_the_answers(bpe_tok, mode):
+    """A long shared history cut from the right leaves A == B; folded into the prompt, the
+    differing last turns are what the answers keep, and the swap stays exact."""
+    history = " ".join(["water time word"] * 60)
+    row = (["q1", "q2"], [history, "It is one."], [history, "Look at your water."])
+    keep = PromptConfig(mode=mode, max_length=128, max_prompt_tokens=8)
+    ctx = dataclasses.replace(keep, shared_turns="context")
+    [kept] = list(encode_table_parts(make_df([row]), bpe_tok, keep))
+    assert sum((t.a for t in kept), []) == sum((t.b for t in kept), [])
+    [folded] = list(encode_table_parts(make_df([row]), bpe_tok, ctx))
+    assert len(folded) == 1
+    assert folded[0].a == bpe_tok("It is one.", add_special_tokens=False)["input_ids"]
+    assert folded[0].b == bpe_tok("Look at your water.", add_special_tokens=False)["input_ids"]
+    assert len(folded[0].prompt) == 8  # the history went to the (capped) prompt
+    # the rendered text (GPTQ calibration) folds the same way
+    assert render_text(*row, ctx).count("Answer A:") == 1
+    # swapping A and B swaps the kept answers and keeps the prompt
+    p, a, b = row
+    [back] = list(encode_table_parts(make_df([(p, b, a)]), bpe_tok, ctx))
+    assert (back[0].prompt, back[0].a, back[0].b) == (folded[0].prompt, folded[0].b, folded[0].a)
+    # a row without a shared turn encodes exactly as with "keep"
+    plain = make_df([(["q1", "q2"], ["a", "It is one."], ["b", "Look."])])
+    assert encode_table(plain, bpe_tok, ctx) == encode_table(plain, bpe_tok, keep)
 
 
 def test_length_hint_template_is_checked():

@@ -37,6 +37,13 @@ Truncation rules (``max_length`` counts everything: BOS, EOS and template pieces
   the very first turn taken does not fit, it is cut by the first_place rule instead (it is never
   dropped), so a single-turn row gives exactly the first_place ids. Kept turns stay in
   chronological order.
+* **Shared turns** (``shared_turns="context"``, both modes, before the word pre-cut): the
+  leading turns whose A and B answers are the same text (a shared conversation history: in
+  Anthropic HH every turn but the last) are moved into the first prompt
+  (``p_0 sep a_0 sep ... sep p_k``, ``sep`` = ``turn_sep``) and the answers start at the first
+  turn that differs (the last turn always stays an answer). Without it, a right-side cut of such
+  a row keeps only the shared start of both answers and the model sees A == B (57% of HH
+  harmless rows at ``cpu_real``'s 128 tokens). Swapping A and B folds the same turns.
 * If the template pieces plus special tokens alone exceed ``max_length`` → ``ValueError``.
 
 The on-disk token cache is :mod:`arena_distill.tokens`; a change to how a row is encoded must
@@ -59,6 +66,7 @@ from arena_distill.data.schema import DataError
 
 MODES = ("first_place", "multi_turn")
 SIDES = ("right", "left")
+SHARED_TURNS = ("keep", "context")
 
 
 @dataclass(frozen=True)
@@ -85,10 +93,19 @@ class PromptConfig:
     # is cut; {words} = whitespace words of the uncut answer, {size} = a word from LENGTH_SIZES.
     # Human raters favour longer answers, and a cut cross-encoder cannot otherwise see it.
     length_hint: str | None = None
+    # "context": the leading turns where A's and B's answers are the same text (a shared
+    # conversation history, as in Anthropic HH) become part of the prompt, so the budget goes
+    # to the turns that tell the answers apart (module docstring); "keep": every turn as given.
+    shared_turns: str = "keep"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"PromptConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if self.shared_turns not in SHARED_TURNS:
+            raise ValueError(
+                f"PromptConfig.shared_turns must be one of {SHARED_TURNS}, "
+                f"got {self.shared_turns!r}"
+            )
         if self.truncation_side not in SIDES:
             raise ValueError(
                 f"PromptConfig.truncation_side must be one of {SIDES}, got {self.truncation_side!r}"
@@ -233,6 +250,27 @@ def _turns(value: Any) -> list[str]:
     return ["" if t is None else str(t) for t in value]
 
 
+def fold_shared_turns(
+    ps: list[str], as_: list[str], bs: list[str], sep: str
+) -> tuple[list[str], list[str], list[str]]:
+    """Move the leading turns whose answers are the same in A and B into the prompt.
+
+    With ``k`` such turns (never all of them: the last turn always stays an answer), the first
+    prompt becomes ``p_0 sep a_0 sep ... sep a_{k-1} sep p_k`` and the answers start at turn
+    ``k``. Rows without a shared leading turn, or with differing turn counts, are unchanged.
+    """
+    n = len(ps)
+    if not n == len(as_) == len(bs):
+        return ps, as_, bs
+    k = 0
+    while k < n - 1 and as_[k] == bs[k]:
+        k += 1
+    if k == 0:
+        return ps, as_, bs
+    context = sep.join(t for i in range(k) for t in (ps[i], as_[i]))
+    return [context + sep + ps[k], *ps[k + 1 :]], as_[k:], bs[k:]
+
+
 def render_text(
     prompt: str | Sequence[str],
     a: str | Sequence[str],
@@ -246,6 +284,8 @@ def render_text(
     """
     cfg = cfg or PromptConfig()
     ps, as_, bs = _turns(prompt), _turns(a), _turns(b)
+    if cfg.shared_turns == "context":
+        ps, as_, bs = fold_shared_turns(ps, as_, bs, cfg.turn_sep)
     if cfg.mode == "first_place":
         ps, as_, bs = [cfg.turn_sep.join(ps)], [cfg.turn_sep.join(as_)], [cfg.turn_sep.join(bs)]
     elif not len(ps) == len(as_) == len(bs):
@@ -410,6 +450,8 @@ def _row_texts(rid: Any, p: Any, a: Any, b: Any, cfg: PromptConfig) -> list[list
         raise DataError(
             f"turn counts differ (prompt {len(ps)}, A {len(as_)}, B {len(bs)})", row=rid
         )
+    if cfg.shared_turns == "context":
+        ps, as_, bs = fold_shared_turns(ps, as_, bs, cfg.turn_sep)
     if cfg.mode == "first_place":
         ps, as_, bs = [cfg.turn_sep.join(ps)], [cfg.turn_sep.join(as_)], [cfg.turn_sep.join(bs)]
     side = cfg.truncation_side

@@ -71,6 +71,19 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
+# PromptConfig fields added after FORMAT_VERSION 1, with the value that encodes rows exactly as
+# before they existed: at that value they stay out of the key, so existing caches stay valid.
+_NEUTRAL = {"shared_turns": "keep"}
+
+
+def _prompt_key(cfg: PromptConfig) -> dict[str, Any]:
+    d = cfg.to_dict()
+    for name, neutral in _NEUTRAL.items():
+        if d[name] == neutral:
+            del d[name]
+    return d
+
+
 def cache_key(
     df: pd.DataFrame, tokenizer: Any, cfg: PromptConfig, data_key: str | None = None
 ) -> str:
@@ -78,7 +91,7 @@ def cache_key(
     parts = {
         "data": data_key if data_key is not None else table_fingerprint(df),
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "prompt": cfg.to_dict(),
+        "prompt": _prompt_key(cfg),
         "format": FORMAT_VERSION,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
