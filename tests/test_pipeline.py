@@ -318,6 +318,23 @@ def test_a_baseline_teacher_end_to_end_on_the_tiny_demo(tmp_path):
     submission = pd.read_csv(run_dir / "predictions" / "submission.csv")
     assert submission["id"].astype(str).tolist() == final["id"].tolist()
     assert metrics["final_model"]["inference_passes"] == {"merge": 1, "folds": 2, "full": 1}
+    # the stacked holdout is the stacker applied to the final model: the fold students' mean
+    mean = pd.read_parquet(run_dir / "holdout_folds" / "predictions.parquet")
+    members = [
+        pd.read_parquet(run_dir / "holdout" / f"fold_{k}" / "predictions.parquet")
+        for k in range(2)
+    ]
+    np.testing.assert_allclose(
+        mean[cols].to_numpy(), (members[0][cols].to_numpy() + members[1][cols].to_numpy()) / 2
+    )
+    stack_manifest = json.loads((run_dir / "stack" / "manifest.json").read_text())
+    assert any("holdout_folds" in str(x) for x in stack_manifest["inputs"])
+    assert not any("holdout/quantized" in str(x) for x in stack_manifest["inputs"])
+    scored = json.loads((run_dir / "holdout_folds" / "metrics.json").read_text())
+    assert scored["split"] == "holdout" and scored["models"] == 2
+    assert scored["scores"]["plain"]["log_loss"] == pytest.approx(
+        metrics["holdout_log_loss"]["folds_mean"], abs=1e-9
+    )
     again = run_pipeline([*overrides, "stages.baselines.c=0.5"], dry_run=True)
     # (a dry run does not propagate: what follows the dump reruns once it has run)
     assert [r["label"] for r in again if r["status"] == "would_run"] == [
@@ -328,7 +345,10 @@ def test_a_baseline_teacher_end_to_end_on_the_tiny_demo(tmp_path):
 
 
 def test_the_folds_final_predicts_with_every_fold_student_and_averages():
-    got = labels(["experiment=demo", "pipeline.final=folds"])
+    overrides = ["experiment=demo", "pipeline.final=folds"]
+    cfg = compose(overrides)
+    steps = {s.label: s for s in plan(cfg, model_paths_of(cfg, overrides))}
+    got = list(steps)
     assert "predict" not in got
     assert got[got.index("quantize") + 1 :][:4] == [
         "predict fold_0",
@@ -336,6 +356,21 @@ def test_the_folds_final_predicts_with_every_fold_student_and_averages():
         "predict fold_2",
         "ensemble",
     ]
+    # the stacker's holdout column is the final model's: the fold students' averaged holdout
+    # predictions; its test column the ensemble's
+    folds = steps["holdout folds"]
+    assert folds.stage == "ensemble" and folds.selector == "holdout"
+    assert folds.needs == ("data", "holdout fold_0", "holdout fold_1", "holdout fold_2")
+    assert folds.overrides == (
+        "stages.ensemble.sources_dir=${run_dir}/holdout",
+        "stages.ensemble.split=holdout",
+        "stages.ensemble.out_dir=${run_dir}/holdout_folds",
+    )
+    assert steps["stack"].needs[-2:] == ("holdout folds", "ensemble")
+    assert "stages.stack.holdout_dir=${run_dir}/holdout_folds" in steps["stack"].overrides
+    # with the merge as the final model, the stacker reads the quantized merge as before
+    merge = labels(["experiment=demo"])
+    assert "holdout folds" not in merge
     with pytest.raises(Exception, match="pipeline.final"):
         labels(["experiment=demo", "pipeline.final=average"])
 

@@ -339,25 +339,36 @@ def plan(cfg: DictConfig, model_paths: dict[str, str]) -> list[Step]:
                 needs=["data", "quantize full"],
                 group="holdout",
             )
+    folds_final = pipe.final == "folds"
+    if folds_final and float(data.holdout_frac) > 0:
+        # the final model on the holdout: the fold students' averaged holdout predictions
+        # (the report's folds_mean row), as one folder the stacker reads like a predict output
+        add(
+            "holdout folds",
+            "ensemble",
+            "stages.ensemble.sources_dir=${run_dir}/holdout",
+            "stages.ensemble.split=holdout",
+            "stages.ensemble.out_dir=${run_dir}/holdout_folds",
+            needs=["data", *(f"holdout fold_{k}" for k in range(int(data.folds.n_folds)))],
+            group="holdout",
+        )
     add("baselines", "baselines", needs=["data"])
-    # the stacker applied to the final model's logits: on the holdout, the full student's
-    # when it is the final model (else the quantized merge's, as before)
+    # the stacker applied to the final model's logits on the holdout: the full student's, the
+    # fold students' mean or the quantized merge's, whichever pipeline.final ships
+    final_holdout = {"full": "holdout full", "folds": "holdout folds"}.get(
+        pipe.final, "holdout quantized"
+    )
+    holdout_dir = {"full": "${run_dir}/holdout/full", "folds": "${run_dir}/holdout_folds"}
     add(
         "stack",
         "stack",
         f"model={student}",
         *(
-            ("stages.stack.holdout_dir=${run_dir}/holdout/full",)
-            if full and float(data.holdout_frac) > 0
+            (f"stages.stack.holdout_dir={holdout_dir[pipe.final]}",)
+            if pipe.final in holdout_dir and float(data.holdout_frac) > 0
             else ()
         ),
-        needs=[
-            "data",
-            "distill",
-            "baselines",
-            "holdout full" if full else "holdout quantized",
-            "predict",
-        ],
+        needs=["data", "distill", "baselines", final_holdout, "predict", "ensemble"],
     )
     add("report", "report", needs=[s.label for s in steps])
     return steps
