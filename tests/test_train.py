@@ -25,6 +25,7 @@ from arena_distill.settings import ConfigError, TrainSettings, build
 from arena_distill.train import (
     examples_for,
     make_examples,
+    marked_work_dir,
     training_arguments,
 )
 
@@ -312,3 +313,23 @@ def test_a_causal_decoder_trains_without_the_padding_mask_with_the_same_gradient
     torch.testing.assert_close(loss, reference, atol=1e-6, rtol=0)
     for n, p in model.named_parameters():
         torch.testing.assert_close(engine[n], p.grad, atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_a_work_folder_of_other_inputs_is_emptied_before_training(tmp_path):
+    """Checkpoints are resumed only by the run of the inputs they were trained from."""
+    work = tmp_path / ".out.work"
+    assert marked_work_dir(work, "a") == work and (work / "fingerprint_id").read_text() == "a"
+    (work / "checkpoint-4").mkdir()
+    marked_work_dir(work, "a")  # the same inputs: the checkpoint stays, to resume from
+    assert (work / "checkpoint-4").is_dir()
+    marked_work_dir(work, "b")  # other inputs: trained afresh
+    assert not (work / "checkpoint-4").exists()
+    assert (work / "fingerprint_id").read_text() == "b"
+    (work / "checkpoint-2").mkdir()
+    (work / "fingerprint_id").unlink()  # unmarked (an older run): not resumed either
+    marked_work_dir(work, "b")
+    assert not (work / "checkpoint-2").exists()
+    plain = tmp_path / "plain"  # no inputs id (a direct train_fold call): as it is
+    (plain / "checkpoint-1").mkdir(parents=True)
+    marked_work_dir(plain, None)
+    assert (plain / "checkpoint-1").is_dir() and not (plain / "fingerprint_id").exists()

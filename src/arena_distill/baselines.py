@@ -4,6 +4,9 @@
 - ``length_lr``: multinomial logistic regression on length features of the two answers.
 - ``tfidf_lr``: the same with TF-IDF(answer A) − TF-IDF(answer B) added (the public
   "TF-IDF + linear model" baselines of the competition).
+- ``embed_lr``: the length features with emb(A) − emb(B) added, the frozen sentence
+  embeddings of each side (``embeddings.py``; ``stages.baselines.encoder``): a reward model
+  with a frozen encoder and a linear head, each answer embedded on its own.
 
 Both regressions are trained with swap augmentation (every row also added A/B-swapped with its
 label mirrored), so they treat A and B alike. Features of a row are antisymmetric under the
@@ -25,11 +28,12 @@ from sklearn.preprocessing import StandardScaler
 
 from arena_distill.data.folds import split_by_fold
 from arena_distill.data.swap import swap_table
+from arena_distill.embeddings import EncoderSpec, row_embeddings
 from arena_distill.features import _text, length_features  # noqa: F401 (re-exported)
 from arena_distill.layout import LOGIT_COLS
 from arena_distill.metrics import class_prior
 
-BASELINES = ("prior", "length_lr", "tfidf_lr")
+BASELINES = ("prior", "length_lr", "tfidf_lr", "embed_lr")
 N_CLASSES = 3
 
 
@@ -82,10 +86,14 @@ class Baseline:
     tfidf: TfidfVectorizer | None = None
     model: LogisticRegression | None = None
     floor: float = 0.0  # the probability of a class the training rows lack (absent_probability)
+    encoder: EncoderSpec | None = None  # embed_lr's sentence encoder
 
     def features(self, df: pd.DataFrame, *, fit: bool = False):
         dense = length_features(df)
         dense = self.scaler.fit_transform(dense) if fit else self.scaler.transform(dense)
+        if self.encoder is not None:
+            ea, eb = row_embeddings(self.encoder, df)
+            return np.hstack([ea - eb, dense])
         if self.tfidf is None:
             return dense
         a = self.tfidf.transform([_text(t) for t in df["response_a"]])
@@ -107,16 +115,22 @@ def fit_baseline(
     max_features: int = 20000,
     ngram_max: int = 2,
     seed: int = 2025,
+    encoder: EncoderSpec | None = None,
 ) -> Baseline:
-    """Fit baseline ``name`` on labelled rows ``train`` (swap-augmented for the regressions)."""
+    """Fit baseline ``name`` on labelled rows ``train`` (swap-augmented for the regressions);
+    ``encoder``: embed_lr's sentence encoder (the other baselines ignore it)."""
     labels = train["label"].to_numpy(dtype=np.int64)
     if name == "prior":
         return Baseline(name, prior=class_prior(labels))
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; expected one of {BASELINES}")
+    if name == "embed_lr" and encoder is None:
+        raise ValueError("baseline embed_lr needs an encoder (stages.baselines.encoder)")
     both = pd.concat([train, swap_table(train)], ignore_index=True)
     y = both["label"].to_numpy(dtype=np.int64)
     base = Baseline(name, scaler=StandardScaler())
+    if name == "embed_lr":
+        base.encoder = encoder
     if name == "tfidf_lr":
         base.tfidf = TfidfVectorizer(
             max_features=max_features, ngram_range=(1, ngram_max), sublinear_tf=True, min_df=2
@@ -136,6 +150,27 @@ def fit_baseline(
     # a class no training row has (a set without ties) gets a small smoothed probability
     base.floor = absent_probability(len(y)) if len(base.model.classes_) < N_CLASSES else 0.0
     return base
+
+
+def baseline_options(settings, seed: int) -> dict:
+    """``fit_baseline``'s keyword arguments from the ``stages.baselines`` settings (every stage
+    that fits a baseline: baselines, dump_logits, stack)."""
+    encoder = None
+    if settings.encoder is not None:
+        encoder = EncoderSpec(
+            path=str(settings.encoder),
+            max_length=int(settings.encoder_max_length),
+            batch_size=int(settings.encoder_batch_size),
+            prompt_words=int(settings.encoder_prompt_words),
+            cache_dir=None if settings.embed_cache is None else str(settings.embed_cache),
+        )
+    return dict(
+        c=settings.c,
+        max_features=settings.max_features,
+        ngram_max=settings.ngram_max,
+        seed=int(seed),
+        encoder=encoder,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

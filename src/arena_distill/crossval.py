@@ -62,6 +62,7 @@ from arena_distill.train import (
     examples_for,
     fit,
     make_examples,
+    marked_work_dir,
     tracking_callbacks,
 )
 
@@ -159,7 +160,8 @@ def train_fold(
         total,
     )
     timer.lap("setup")
-    work = out_dir / ".work" / f"fold_{fold}"
+    # checkpoints of other inputs (a setting changed after a kill) are not resumed
+    work = marked_work_dir(out_dir / ".work" / f"fold_{fold}", (stamp or {}).get("id"))
     tracking = tracking_callbacks(cfg, stage, f"fold_{fold}")
     result = fit(
         model,
@@ -320,12 +322,7 @@ def folds_fingerprint(
 
 def stale_fold(out_dir: Path, fold: int, expected: dict, run_dir: str) -> list[str]:
     """Why finished fold ``fold`` does not fit ``expected`` (its fingerprint now); [] if it does."""
-    folder = fold_dir(out_dir, fold)
-    old = fingerprint.recorded(folder)
-    if old is None:
-        return [f"{folder} has no input fingerprint"]
-    name = fingerprint.label(folder, run_dir)
-    return fingerprint.differences(name, old, {**expected, "fold": fold})
+    return fingerprint.output_changes(fold_dir(out_dir, fold), {**expected, "fold": fold}, run_dir)
 
 
 def run_folds(

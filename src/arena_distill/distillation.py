@@ -28,7 +28,7 @@ from arena_distill.baselines import baseline_of, dump_overrides
 from arena_distill.data.swap import mirror_probs
 from arena_distill.encode import data_key, encodings, prompt_config
 from arena_distill.features import row_features
-from arena_distill.io import StageInputError, require_fresh, require_stage_output
+from arena_distill.io import StageInputError, require_stage_output
 from arena_distill.layout import LOGIT_COLS, RunData
 from arena_distill.losses import IGNORE_LABEL, DistillLoss
 from arena_distill.metrics import probs_from_logits
@@ -48,8 +48,12 @@ DUMP_BLOCKS = ("prompt", "stages.dump_logits", "stages.teacher", *fingerprint.DA
 BASELINE_DUMP_BLOCKS = ("stages.baselines", "seed", *fingerprint.DATA_SPLIT)
 
 
-def check_dumps(cfg: DictConfig, teachers: Sequence[str], logits_dir: Path) -> tuple[list, list]:
-    """Every teacher's dump folder, checked (finished, fresh: ``fingerprint.check_input``);
+def check_dumps(
+    cfg: DictConfig, teachers: Sequence[str], logits_dir: Path, data_files: Sequence[Path]
+) -> tuple[list, list]:
+    """Every teacher's dump folder, checked: finished, fresh (``fingerprint.check_input``: its
+    settings, data files and upstream) and built from the current ``data_files`` (what its
+    manifest lists, for a dump written before fingerprints: ``fingerprint.check_files``);
     returns ``(folders, changes overwrite=true accepted)``."""
     dumps, accepted = [], []
     for teacher in teachers:
@@ -57,19 +61,17 @@ def check_dumps(cfg: DictConfig, teachers: Sequence[str], logits_dir: Path) -> t
         require_stage_output(dump, stage="dump_logits", files=["logits.parquet"])
         blocks = BASELINE_DUMP_BLOCKS if baseline_of(teacher) else DUMP_BLOCKS
         accepted += fingerprint.check_input(dump, cfg, blocks)
+        accepted += fingerprint.check_files(dump, cfg, data_files, stage="dump_logits")
         dumps.append(dump)
     return dumps, accepted
 
 
-def load_teacher_logits(
-    logits_dir: Path, teacher: str, data_files: list[Path], *, overwrite: bool = False
-) -> Lookup:
-    """``{(fold, id, swapped): logits}`` of one teacher's in-sample (``split=train``) dump,
-    refused when built from other ``data_files`` than these (``overwrite``: taken as it is)."""
+def load_teacher_logits(logits_dir: Path, teacher: str) -> Lookup:
+    """``{(fold, id, swapped): logits}`` of one teacher's in-sample (``split=train``) dump (a
+    folder :func:`check_dumps` checked)."""
     folder = require_stage_output(
         logits_dir / teacher, stage="dump_logits", files=["logits.parquet"]
     )
-    require_fresh(folder, data_files, stage="dump_logits", overwrite=overwrite)
     table = pd.read_parquet(folder / "logits.parquet")
     table = table[table["split"] == "train"]
     values = table[list(LOGIT_COLS)].to_numpy(dtype=np.float32)

@@ -219,6 +219,17 @@ def recorded(folder: str | Path) -> dict[str, Any] | None:
     return read_json(path).get(FINGERPRINT) if path.is_file() else None
 
 
+def output_changes(
+    folder: str | Path, expected: Mapping[str, Any], run_dir: str | Path
+) -> list[str]:
+    """Why ``folder`` (a finished output of this stage) was not made from ``expected`` (what it
+    would be made from now); [] when it was."""
+    old = recorded(folder)
+    if old is None:
+        return [f"{folder} has no input fingerprint"]
+    return differences(label(folder, run_dir), old, expected)
+
+
 def _short(sha: str | None) -> str:
     return f"{sha[:8]}.." if sha else "none"
 

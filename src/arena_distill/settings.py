@@ -551,6 +551,11 @@ class BaselinesSettings:
     c: float = 1.0
     max_features: int = 20000
     ngram_max: int = 2
+    encoder: str | None = None  # embed_lr's sentence encoder (a Hugging Face folder)
+    encoder_max_length: int = 256
+    encoder_batch_size: int = 32
+    encoder_prompt_words: int = 48
+    embed_cache: str | None = None  # the embeddings on disk (one file per encoder)
 
 
 @dataclass(kw_only=True)

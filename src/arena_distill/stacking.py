@@ -31,13 +31,15 @@ all of them, then fitted on all of them. (Inner splits by the outer folds were t
 C = 10, and the cross-fitted log loss was 0.01-0.06 worse on llmeval2, pandalm and their union.)
 
 Everything applied at test time is plain numpy (:class:`Stacker`, :func:`predict_exported`):
-the Kaggle path needs no scikit-learn.
+the Kaggle path needs no scikit-learn. The ``embed_lr`` baseline also runs its sentence encoder
+(transformers, as the model does); the stacker folder ships a copy of it (``encoder/``).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,11 +59,13 @@ from arena_distill.baselines import (
     length_features,
 )
 from arena_distill.data.swap import swap_table
+from arena_distill.embeddings import EncoderSpec, row_embeddings
 from arena_distill.metrics import log_loss
 
 STACKER_DIR = "stacker"  # the folder shipped beside a model (Kaggle)
 STACKER_FILE = "stacker.json"
 STACKER_FORMAT = 1
+ENCODER_DIR = "encoder"  # embed_lr's sentence encoder, inside the stacker folder
 STUDENT = "student"
 LENGTH = "length"
 BASELINE_PREFIX = "baseline/"
@@ -394,6 +398,13 @@ def export_baseline(base: Baseline) -> dict[str, np.ndarray]:
         "classes": np.asarray(base.model.classes_, dtype=np.int64),
         "floor": np.asarray(base.floor, dtype=np.float64),
     }
+    if base.encoder is not None:
+        enc = base.encoder
+        out["encoder"] = np.array(enc.path)
+        out["encoder_max_length"] = np.asarray(enc.max_length, dtype=np.int64)
+        out["encoder_batch_size"] = np.asarray(enc.batch_size, dtype=np.int64)
+        out["encoder_prompt_words"] = np.asarray(enc.prompt_words, dtype=np.int64)
+        out["n_embed"] = np.asarray(out["coef"].shape[1] - len(out["scaler_mean"]), dtype=np.int64)
     if base.tfidf is not None:
         tf = base.tfidf
         if not (tf.lowercase and tf.sublinear_tf and tf.use_idf and tf.norm == "l2"):
@@ -440,6 +451,17 @@ def predict_exported(arrays: Mapping[str, np.ndarray], rows: pd.DataFrame) -> np
     coef = np.asarray(arrays["coef"], dtype=np.float64)
     classes = arrays["classes"] if "classes" in arrays else np.arange(N_CLASSES)
     floor = float(arrays["floor"]) if "floor" in arrays else 0.0
+    if "n_embed" in arrays:  # embed_lr: the encoder's embeddings of both sides
+        spec = EncoderSpec(
+            path=str(arrays["encoder"]),
+            max_length=int(arrays["encoder_max_length"]),
+            batch_size=int(arrays["encoder_batch_size"]),
+            prompt_words=int(arrays["encoder_prompt_words"]),
+        )
+        ea, eb = row_embeddings(spec, rows)
+        d = int(arrays["n_embed"])
+        logits = (ea - eb) @ coef[:, :d].T + dense @ coef[:, d:].T + arrays["intercept"]
+        return class_probs(logits, classes, floor)
     if "vocab" not in arrays:
         return class_probs(dense @ coef.T + arrays["intercept"], classes, floor)
     n_vocab = len(arrays["vocab"])
@@ -471,6 +493,15 @@ def save_stacker_dir(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, arrays in baselines.items():
+        arrays = dict(arrays)
+        if "encoder" in arrays:
+            # embed_lr's encoder ships with the stacker (the Kaggle path has no other copy)
+            source = Path(str(arrays["encoder"]))
+            if not (folder / ENCODER_DIR).is_dir():
+                shutil.copytree(
+                    source, folder / ENCODER_DIR, ignore=shutil.ignore_patterns(".*", "README.md")
+                )
+            arrays["encoder"] = np.array(ENCODER_DIR)  # relative to the stacker folder
         np.savez(folder / f"baseline_{name}.npz", **arrays)
     data = {
         "format": STACKER_FORMAT,
@@ -523,6 +554,8 @@ def load_stacker_dir(folder: str | Path) -> ShippedStacker:
     for name in data["baselines"]:
         with np.load(folder / f"baseline_{name}.npz", allow_pickle=False) as z:
             baselines[name] = {k: z[k] for k in z.files}
+        if "encoder" in baselines[name]:
+            baselines[name]["encoder"] = np.array(str(folder / str(baselines[name]["encoder"])))
     return ShippedStacker(
         Stacker.from_dict(data), baselines, bool(data["length"]), bool(data["student"])
     )

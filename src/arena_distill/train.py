@@ -580,3 +580,134 @@ def tensorboard_callback(log_dir: Path) -> TrainerCallback:
         from tensorboardX import SummaryWriter
     log_dir.mkdir(parents=True, exist_ok=True)
     return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir)))
+
+
+# ---------------------------------------------------------------------------------------------
+# One adapter trained on every given row (the pretrain and full stages)
+# ---------------------------------------------------------------------------------------------
+
+WORK_MARK = "fingerprint_id"  # in a work folder: the id of the inputs its checkpoints come from
+
+
+def marked_work_dir(work: Path, ident: str | None) -> Path:
+    """``work``, the checkpoint folder of one training run, for the inputs ``ident`` names (a
+    fingerprint id): checkpoints trained from other inputs are removed first, so a restart only
+    resumes the run it belongs to (a setting changed after a kill trains afresh). ``ident``
+    None: no mark, the folder as it is."""
+    from arena_distill.distributed import barrier, is_main_process
+    from arena_distill.io import remove_dir
+
+    work = Path(work)
+    if ident is None:
+        work.mkdir(parents=True, exist_ok=True)
+        return work
+    mark = work / WORK_MARK
+    if is_main_process():
+        if work.exists() and (not mark.is_file() or mark.read_text().strip() != ident):
+            log.warning("%s holds checkpoints of other inputs: removed, training afresh", work)
+            remove_dir(work)
+        work.mkdir(parents=True, exist_ok=True)
+        mark.write_text(ident)
+    barrier()
+    return work
+
+
+def train_and_write_adapter(
+    cfg,
+    model,
+    tokenizer,
+    examples: list[dict],
+    settings: TrainSettings,
+    out_dir: Path,
+    *,
+    stage: str,
+    stamp: Mapping,
+    timer,
+    loss_fn: LossFn = cross_entropy,
+    metrics: Mapping | None = None,
+    write_files: Callable[[Path], None] | None = None,
+    manifest_config: Mapping | None = None,
+    inputs: Sequence[Path] = (),
+) -> dict:
+    """Train ``model`` on ``examples`` (no validation: the last step's adapter is kept) and write
+    ``out_dir``: ``adapter/`` (LoRA + head), ``metrics.json`` (``metrics`` + the training
+    figures), what ``write_files(tmp)`` adds, and ``manifest.json`` (``stamp``: the output's
+    fingerprint keys). Checkpoints live in ``.<name>.work/`` beside ``out_dir`` while it trains
+    (:func:`marked_work_dir`: a restart with the same inputs resumes) and are removed after.
+    Returns the metrics."""
+    from omegaconf import OmegaConf
+
+    from arena_distill.distributed import barrier, is_main_process
+    from arena_distill.io import atomic_dir, remove_dir, write_json, write_manifest
+    from arena_distill.metrics import training_throughput
+    from arena_distill.models.factory import count_parameters
+    from arena_distill.settings import to_dict
+
+    out_dir = Path(out_dir)
+    trainable, total = count_parameters(model)
+    work = marked_work_dir(out_dir.parent / f".{out_dir.name}.work", stamp.get("id"))
+    tracking = tracking_callbacks(cfg, stage)
+    result = fit(
+        model,
+        tokenizer,
+        examples,
+        None,
+        settings,
+        work,
+        loss_fn=loss_fn,
+        callbacks=tracking.callbacks,
+        report_to=tracking.report_to,
+        gradient_checkpointing=cfg.model.get("gradient_checkpointing", False),
+    )
+    timer.lap("train")
+    losses = [h["loss"] for h in result.log_history if "loss" in h]
+    out = {"examples": len(examples), **(metrics or {})}  # a caller's own count wins
+    out |= {
+        "steps": result.trainer.state.global_step,
+        "first_logged_loss": losses[0] if losses else None,
+        "last_logged_loss": losses[-1] if losses else None,
+        "padding_share": round(result.padding_share, 4),
+        "resumed_from": result.resumed_from,
+        "trainable_params": trainable,
+        "total_params": total,
+        "throughput": training_throughput(
+            result.trained_rows, result.trained_tokens, timer.phases["train"]
+        ),
+        "memory_plan": result.memory_plan,
+        "history": result.log_history,
+    }
+    final_adapter = work / "final_adapter"
+    result.trainer.save_model(str(final_adapter))  # every rank (ZeRO-3 gathers); main writes
+    if is_main_process():
+        with atomic_dir(out_dir) as tmp:
+            shutil.copytree(final_adapter, tmp / "adapter")
+            if write_files is not None:
+                write_files(tmp)
+            write_json(tmp / "metrics.json", out)
+            write_manifest(
+                tmp,
+                stage=stage,
+                config={
+                    "model": OmegaConf.to_container(cfg.model, resolve=True),
+                    "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
+                    "stage": to_dict(settings),
+                    **(manifest_config or {}),
+                },
+                inputs=list(inputs),
+                outputs={
+                    k: out.get(k) for k in ("rows", "steps", "last_logged_loss", "throughput")
+                },
+                timer=timer,
+                extra=dict(stamp),
+            )
+        remove_dir(work)
+    barrier()
+    log.info(
+        "%s adapter written to %s (%s steps, loss %s -> %s)",
+        stage,
+        out_dir / "adapter",
+        out["steps"],
+        out["first_logged_loss"],
+        out["last_logged_loss"],
+    )
+    return out

@@ -49,10 +49,7 @@ def test_student_distils_every_fold(trained_run, logits_root):
 
 
 def test_teacher_logits_join_by_orientation(trained_run, logits_root):
-    cfg = distill_cfg(trained_run, logits_root, "unused")
-    rd = load_run_data(cfg)
-    files = [rd.data_dir / f for f in ("train.parquet", "extra.parquet", "folds.csv")]
-    lookup = distill.load_teacher_logits(logits_root, "tiny_llama", files)
+    lookup = distill.load_teacher_logits(logits_root, "tiny_llama")
     table = pd.read_parquet(logits_root / "tiny_llama" / "logits.parquet")
     row = table[(table["fold"] == 1) & table["swapped"]].iloc[0]
     fields = distill.teacher_fields({"tiny_llama": lookup})(1)
@@ -71,9 +68,7 @@ def test_only_original_orientation_is_mirrored(trained_run, logits_root):
         "stages.dump_logits.orientations=[original]",
     )
     dump_logits.run(cfg)
-    rd = load_run_data(cfg)
-    files = [rd.data_dir / f for f in ("train.parquet", "extra.parquet", "folds.csv")]
-    lookup = distill.load_teacher_logits(root, "tiny_llama", files)
+    lookup = distill.load_teacher_logits(root, "tiny_llama")
     key = next(k for k in lookup if not k[2])
     np.testing.assert_array_equal(lookup[(key[0], key[1], True)], lookup[key][[1, 0, 2]])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,22 @@ def test_pretrain_writes_an_adapter_with_its_history(run):
         tp["train_tokens"] / tp["train_seconds"], rel=1e-3
     )
     assert manifest["timings"]["peak_rss_mb"] > 0
+
+
+def test_pretrain_keeps_a_fresh_output_and_retrains_a_stale_one(run, tmp_path):
+    """Rerun on the same inputs, the adapter is kept (no training); with a setting changed it
+    is retrained."""
+    from arena_distill.stages import pretrain
+
+    root, cfg = run
+    out = tmp_path / "pretrain"
+    shutil.copytree(cfg.stages.pretrain.out_dir, out)
+    manifest = (out / "manifest.json").read_bytes()
+    pretrain.run(small_cfg(root, f"stages.pretrain.out_dir={out}"))
+    assert (out / "manifest.json").read_bytes() == manifest
+    pretrain.run(small_cfg(root, f"stages.pretrain.out_dir={out}", "stages.pretrain.max_steps=1"))
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 1
+    assert not (tmp_path / ".pretrain.work").exists()
 
 
 def test_teacher_oof_covers_every_validation_id_once(run):

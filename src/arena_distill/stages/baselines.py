@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from arena_distill import fingerprint
 from arena_distill import settings as config
-from arena_distill.baselines import fit_baseline
+from arena_distill.baselines import baseline_options, fit_baseline
 from arena_distill.config import hydra_app
 from arena_distill.data.folds import split_by_fold
 from arena_distill.io import StageTimer, atomic_dir, write_json, write_manifest
@@ -44,12 +44,7 @@ def run(cfg: DictConfig) -> Path:
         settings=fingerprint.settings(cfg, ("stages.baselines", "seed", *fingerprint.DATA_SPLIT)),
         files=fingerprint.file_hashes(run_data.files, cfg.run_dir),
     )
-    options = dict(
-        c=settings.c,
-        max_features=settings.max_features,
-        ngram_max=settings.ngram_max,
-        seed=int(cfg.seed),
-    )
+    options = baseline_options(settings, int(cfg.seed))
     holdout_ids = split_ids(run_data.folds, HOLDOUT)
     labelled = run_data.labelled
     out_dir = Path(settings.out_dir)

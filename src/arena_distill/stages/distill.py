@@ -32,7 +32,6 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from arena_distill import fingerprint
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.crossval import run_folds
@@ -54,11 +53,8 @@ def run(cfg: DictConfig) -> Path:
     teachers = config.pipeline(cfg).teachers
     run_data = load_run_data(cfg)
     logits_dir = Path(settings.logits_dir)
-    dumps, accepted = check_dumps(cfg, teachers, logits_dir)
-    keep = fingerprint.overwrite(cfg)  # overwrite=true: the checks above named what they took
-    lookups = {
-        t: load_teacher_logits(logits_dir, t, run_data.files, overwrite=keep) for t in teachers
-    }
+    dumps, accepted = check_dumps(cfg, teachers, logits_dir, run_data.files)
+    lookups = {t: load_teacher_logits(logits_dir, t) for t in teachers}
     loss = distill_loss(settings, len(teachers))
     pseudo, pseudo_accepted = pseudo_rows(cfg, settings, run_data)
     accepted += pseudo_accepted

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from arena_distill import faults, fingerprint
 from arena_distill import settings as config
-from arena_distill.baselines import fold_logit_table
+from arena_distill.baselines import baseline_options, fold_logit_table
 from arena_distill.config import hydra_app
 from arena_distill.crossval import oof_logits
 from arena_distill.data.folds import split_by_fold
@@ -81,10 +81,7 @@ def run_baseline(cfg: DictConfig, settings: config.DumpLogitsSettings) -> Path:
         in_sample=settings.in_sample,
         out_of_fold=settings.out_of_fold,
         orientations=[ORIENTATIONS[o] for o in settings.orientations],
-        c=baselines.c,
-        max_features=baselines.max_features,
-        ngram_max=baselines.ngram_max,
-        seed=int(cfg.seed),
+        **baseline_options(baselines, int(cfg.seed)),
     )
     timer.lap("fit_predict")
     if is_main_process():

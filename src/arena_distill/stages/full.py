@@ -32,11 +32,10 @@ student is predicted, scored on the holdout and shipped as the merge's model is.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import set_seed
 
 from arena_distill import fingerprint
@@ -52,22 +51,17 @@ from arena_distill.distillation import (
     pseudo_examples,
     pseudo_rows,
 )
-from arena_distill.distributed import barrier, is_main_process, train_device
+from arena_distill.distributed import train_device
 from arena_distill.encode import labelled_encodings
 from arena_distill.features import row_features
 from arena_distill.io import (
     MANIFEST,
     StageTimer,
-    atomic_dir,
-    remove_dir,
-    write_json,
-    write_manifest,
 )
 from arena_distill.layout import load_run_data
-from arena_distill.metrics import training_throughput
-from arena_distill.models.factory import build_model, count_parameters, load_tokenizer
+from arena_distill.models.factory import build_model, load_tokenizer
 from arena_distill.pseudo import MEAN_FOLD
-from arena_distill.train import fit, make_examples, tracking_callbacks
+from arena_distill.train import make_examples, train_and_write_adapter
 
 log = logging.getLogger(__name__)
 
@@ -81,22 +75,6 @@ BLOCKS = (
     "pipeline.teachers",
 )
 TRAIN_IDS = "train_ids.csv"
-WORK_MARK = "fingerprint_id"  # in the work folder: the inputs its checkpoints were trained from
-
-
-def work_dir(out_dir: Path, ident: str) -> Path:
-    """The checkpoint folder beside ``out_dir``; checkpoints of other inputs are removed (a
-    resume continues only the run it belongs to)."""
-    work = out_dir.parent / f".{out_dir.name}.work"
-    mark = work / WORK_MARK
-    if is_main_process():
-        if work.exists() and (not mark.is_file() or mark.read_text().strip() != ident):
-            log.warning("%s holds checkpoints of other inputs: removed, training afresh", work)
-            remove_dir(work)
-        work.mkdir(parents=True, exist_ok=True)
-        mark.write_text(ident)
-    barrier()
-    return work
 
 
 def run(cfg: DictConfig) -> Path:
@@ -108,12 +86,9 @@ def run(cfg: DictConfig) -> Path:
     timer = StageTimer()
     accepted = fingerprint.check_data(cfg, run_data.data_dir)
     logits_dir = Path(settings.logits_dir)
-    dumps, dump_changes = check_dumps(cfg, teachers, logits_dir)
+    dumps, dump_changes = check_dumps(cfg, teachers, logits_dir, run_data.files)
     accepted += dump_changes
-    keep = fingerprint.overwrite(cfg)  # overwrite=true: the checks above named what they took
-    lookups = {
-        t: load_teacher_logits(logits_dir, t, run_data.files, overwrite=keep) for t in teachers
-    }
+    lookups = {t: load_teacher_logits(logits_dir, t) for t in teachers}
     pseudo, pseudo_changes = pseudo_rows(cfg, settings, run_data)
     accepted += pseudo_changes
     upstream = [*dumps, *([pseudo.folder] if pseudo is not None else [])]
@@ -131,13 +106,7 @@ def run(cfg: DictConfig) -> Path:
         upstream=fingerprint.upstream_ids([*upstream, *fingerprint.model_folder(cfg)], run_dir),
     )
     if (out_dir / MANIFEST).is_file() and not (settings.overwrite or fingerprint.overwrite(cfg)):
-        old = fingerprint.recorded(out_dir)
-        name = fingerprint.label(out_dir, run_dir)
-        changes = (
-            ["no input fingerprint"]
-            if old is None
-            else fingerprint.differences(name, old, expected)
-        )
+        changes = fingerprint.output_changes(out_dir, expected, run_dir)
         if not changes:
             log.info("%s is already trained from these inputs: kept", out_dir)
             return out_dir
@@ -159,98 +128,52 @@ def run(cfg: DictConfig) -> Path:
     model, tokenizer = build_model(
         cfg.model, train=True, init_adapter=init_adapter, device=train_device()
     )
-    trainable, total = count_parameters(model)
     splits = run_data.folds.set_index(run_data.folds["id"].astype(str))["split"]
     by_split = pd.Series(splits.loc[ids].to_numpy()).value_counts().to_dict()
     log.info(
-        "full student %s: %d rows (%s), %d examples (swap=%s) + %d pseudo; %d/%d params trainable",
+        "full student %s: %d rows (%s), %d examples (swap=%s) + %d pseudo",
         cfg.model.name,
         len(ids),
         by_split,
         len(examples),
         settings.swap,
         len(extra),
-        trainable,
-        total,
     )
     timer.lap("setup")
-    work = work_dir(out_dir, fingerprint.manifest_id(expected))
-    tracking = tracking_callbacks(cfg, "full")
-    result = fit(
+
+    def write_ids(tmp: Path) -> None:
+        split = splits.loc[ids].to_numpy()
+        pd.DataFrame({"id": ids, "split": split}).to_csv(tmp / TRAIN_IDS, index=False)
+
+    metrics = train_and_write_adapter(
+        cfg,
         model,
         tokenizer,
         examples + extra,
-        None,
         settings,
-        work,
-        loss_fn=distill_loss(settings, len(teachers)),
-        callbacks=tracking.callbacks,
-        report_to=tracking.report_to,
-        gradient_checkpointing=cfg.model.get("gradient_checkpointing", False),
-    )
-    timer.lap("train")
-    losses = [h["loss"] for h in result.log_history if "loss" in h]
-    throughput = training_throughput(
-        result.trained_rows, result.trained_tokens, timer.phases["train"]
-    )
-    metrics = {
-        "rows": len(ids),
-        "rows_by_split": {str(k): int(v) for k, v in by_split.items()},
-        "examples": len(examples),
-        "pseudo_examples": len(extra),
-        "teachers": teachers,
-        "teacher_targets": "mean of the teacher folds' in-sample logits (log mean probability)",
-        "steps": result.trainer.state.global_step,
-        "first_logged_loss": losses[0] if losses else None,
-        "last_logged_loss": losses[-1] if losses else None,
-        "padding_share": round(result.padding_share, 4),
-        "resumed_from": result.resumed_from,
-        "trainable_params": trainable,
-        "total_params": total,
-        "throughput": throughput,
-        "memory_plan": result.memory_plan,
-        "history": result.log_history,
-    }
-    final_adapter = work / "final_adapter"
-    result.trainer.save_model(str(final_adapter))  # every rank (ZeRO-3 gathers); main writes
-    if is_main_process():
-        with atomic_dir(out_dir) as tmp:
-            shutil.copytree(final_adapter, tmp / "adapter")
-            pd.DataFrame({"id": ids, "split": splits.loc[ids].to_numpy()}).to_csv(
-                tmp / TRAIN_IDS, index=False
-            )
-            write_json(tmp / "metrics.json", metrics)
-            write_manifest(
-                tmp,
-                stage="full",
-                config={
-                    "model": OmegaConf.to_container(cfg.model, resolve=True),
-                    "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
-                    "stage": config.to_dict(settings),
-                    "teachers": teachers,
-                },
-                inputs=[
-                    *run_data.files,
-                    *[d / "logits.parquet" for d in dumps],
-                    *extra_files,
-                    *([init_adapter] if init_adapter else []),
-                ],
-                outputs={
-                    k: metrics[k] for k in ("rows", "steps", "last_logged_loss", "throughput")
-                },
-                timer=timer,
-                extra=fingerprint.stamp(expected, accepted),
-            )
-        remove_dir(work)
-    barrier()
-    log.info(
-        "full student written to %s (%d rows, %d steps, loss %s -> %s)",
         out_dir,
-        len(ids),
-        metrics["steps"],
-        metrics["first_logged_loss"],
-        metrics["last_logged_loss"],
+        stage="full",
+        stamp=fingerprint.stamp(expected, accepted),
+        timer=timer,
+        loss_fn=distill_loss(settings, len(teachers)),
+        metrics={
+            "rows": len(ids),
+            "rows_by_split": {str(k): int(v) for k, v in by_split.items()},
+            "examples": len(examples),
+            "pseudo_examples": len(extra),
+            "teachers": teachers,
+            "teacher_targets": "mean of the teacher folds' in-sample logits (log mean probability)",
+        },
+        write_files=write_ids,
+        manifest_config={"teachers": teachers},
+        inputs=[
+            *run_data.files,
+            *[d / "logits.parquet" for d in dumps],
+            *extra_files,
+            *([init_adapter] if init_adapter else []),
+        ],
     )
+    log.info("full student: %d rows, %d steps", len(ids), metrics["steps"])
     return out_dir
 
 

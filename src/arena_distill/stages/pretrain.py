@@ -4,39 +4,31 @@ Reads ``${run_dir}/data/pretrain.parquet`` (the ``data.pretrain`` sets, de-dupli
 train). Writes ``stages.pretrain.out_dir`` (default ``${run_dir}/pretrain/<model>/``):
 ``adapter/`` (LoRA + head; later stages load the LoRA part and drop the head, as the 1st place
 did), ``metrics.json`` (training loss history, padding share, throughput) and
-``manifest.json``. One epoch at lr 1e-5 in the recipe. Resumes from ``.work/`` checkpoints when
-restarted.
+``manifest.json``. One epoch at lr 1e-5 in the recipe. Checkpoints live beside it in
+``.<name>.work/`` while it trains (``train.train_and_write_adapter``): a rerun of the same inputs
+resumes from them, a finished output of the same inputs is kept (root ``overwrite=true``
+retrains).
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import set_seed
 
 from arena_distill import fingerprint
 from arena_distill import settings as config
 from arena_distill.config import hydra_app
 from arena_distill.data.tableio import load_table
-from arena_distill.distributed import barrier, is_main_process, train_device
+from arena_distill.distributed import train_device
 from arena_distill.encode import encodings, pretrain_key, prompt_config
 from arena_distill.features import row_features
-from arena_distill.io import (
-    StageInputError,
-    StageTimer,
-    atomic_dir,
-    remove_dir,
-    require_stage_output,
-    write_json,
-    write_manifest,
-)
+from arena_distill.io import MANIFEST, StageInputError, StageTimer, require_stage_output
 from arena_distill.layout import PRETRAIN
-from arena_distill.metrics import training_throughput
-from arena_distill.models.factory import build_model, count_parameters, load_tokenizer
-from arena_distill.train import fit, make_examples, tracking_callbacks
+from arena_distill.models.factory import build_model, load_tokenizer
+from arena_distill.train import make_examples, train_and_write_adapter
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +40,18 @@ def run(cfg: DictConfig) -> Path:
         config.stage(cfg, "data").out_dir, stage="data", files=[PRETRAIN]
     )
     accepted = fingerprint.check_data(cfg, data_dir)
-    stamp = fingerprint.stamp(
-        fingerprint.make(
-            "pretrain",
-            settings=fingerprint.settings(cfg, ("model", "prompt", "stages.pretrain")),
-            files=fingerprint.file_hashes([data_dir / PRETRAIN], cfg.run_dir),
-            upstream=fingerprint.upstream_ids(fingerprint.model_folder(cfg), cfg.run_dir),
-        ),
-        accepted,
+    expected = fingerprint.make(
+        "pretrain",
+        settings=fingerprint.settings(cfg, ("model", "prompt", "stages.pretrain")),
+        files=fingerprint.file_hashes([data_dir / PRETRAIN], cfg.run_dir),
+        upstream=fingerprint.upstream_ids(fingerprint.model_folder(cfg), cfg.run_dir),
     )
+    if (out_dir / MANIFEST).is_file() and not fingerprint.overwrite(cfg):
+        changes = fingerprint.output_changes(out_dir, expected, cfg.run_dir)
+        if not changes:
+            log.info("%s is already trained from these inputs: kept", out_dir)
+            return out_dir
+        log.warning("%s is stale, retrained: %s", out_dir, "; ".join(changes))
     table = load_table(data_dir / PRETRAIN)
     if table.empty:
         raise StageInputError(
@@ -77,74 +72,20 @@ def run(cfg: DictConfig) -> Path:
     timer.lap("tokenize")
     set_seed(settings.seed)
     model, tokenizer = build_model(cfg.model, train=True, device=train_device())
-    trainable, total = count_parameters(model)
-    log.info(
-        "pretrain %s on %d examples; %d/%d params trainable",
-        cfg.model.name,
-        len(examples),
-        trainable,
-        total,
-    )
+    log.info("pretrain %s on %d rows, %d examples", cfg.model.name, len(table), len(examples))
     timer.lap("setup")
-    work = out_dir.parent / f".work-{out_dir.name}"
-    tracking = tracking_callbacks(cfg, "pretrain")
-    result = fit(
+    train_and_write_adapter(
+        cfg,
         model,
         tokenizer,
         examples,
-        None,
         settings,
-        work,
-        callbacks=tracking.callbacks,
-        report_to=tracking.report_to,
-        gradient_checkpointing=cfg.model.get("gradient_checkpointing", False),
-    )
-    timer.lap("train")
-    throughput = training_throughput(
-        result.trained_rows, result.trained_tokens, timer.phases["train"]
-    )
-    losses = [h["loss"] for h in result.log_history if "loss" in h]
-    metrics = {
-        "rows": len(table),
-        "examples": len(examples),
-        "steps": result.trainer.state.global_step,
-        "first_logged_loss": losses[0] if losses else None,
-        "last_logged_loss": losses[-1] if losses else None,
-        "padding_share": round(result.padding_share, 4),
-        "resumed_from": result.resumed_from,
-        "trainable_params": trainable,
-        "total_params": total,
-        "throughput": throughput,
-        "history": result.log_history,
-    }
-    final_adapter = work / "final_adapter"
-    result.trainer.save_model(str(final_adapter))
-    if is_main_process():
-        with atomic_dir(out_dir) as tmp:
-            shutil.copytree(final_adapter, tmp / "adapter")
-            write_json(tmp / "metrics.json", metrics)
-            write_manifest(
-                tmp,
-                stage="pretrain",
-                config={
-                    "model": OmegaConf.to_container(cfg.model, resolve=True),
-                    "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
-                    "stage": config.to_dict(settings),
-                },
-                inputs=[data_dir / PRETRAIN],
-                outputs={
-                    k: metrics[k] for k in ("rows", "steps", "last_logged_loss", "throughput")
-                },
-                timer=timer,
-                extra=stamp,
-            )
-        remove_dir(work)
-    barrier()
-    log.info(
-        "post-pretrain adapter written to %s (loss %s -> %s)",
-        out_dir / "adapter",
-        metrics["first_logged_loss"],
-        metrics["last_logged_loss"],
+        out_dir,
+        stage="pretrain",
+        stamp=fingerprint.stamp(expected, accepted),
+        timer=timer,
+        metrics={"rows": len(table)},
+        inputs=[data_dir / PRETRAIN],
     )
     return out_dir
 

@@ -40,7 +40,7 @@ from omegaconf import DictConfig
 
 from arena_distill import fingerprint
 from arena_distill import settings as config
-from arena_distill.baselines import fit_baseline
+from arena_distill.baselines import baseline_options, fit_baseline
 from arena_distill.config import hydra_app
 from arena_distill.data.tableio import load_table
 from arena_distill.io import (
@@ -210,16 +210,7 @@ def run(cfg: DictConfig) -> Path:
     labelled = run_data.labelled
     fit_rows = labelled[~labelled["id"].astype(str).isin(holdout_ids)]
     shipped = {
-        name: export_baseline(
-            fit_baseline(
-                name,
-                fit_rows,
-                c=base_settings.c,
-                max_features=base_settings.max_features,
-                ngram_max=base_settings.ngram_max,
-                seed=seed,
-            )
-        )
+        name: export_baseline(fit_baseline(name, fit_rows, **baseline_options(base_settings, seed)))
         for name in settings.baselines
     }
     timer.lap("baselines")
