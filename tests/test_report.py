@@ -530,6 +530,7 @@ REPORT_SECTIONS = {
     "section_intro": None,
     "section_warnings": None,
     "section_final_model": "Final model (out-of-fold evidence only)",
+    "section_transformer_gap": "Best transformer stage vs best baseline",
     "section_prior": "Floor to beat: the class prior",
     "section_oof": "Out-of-fold scores (per-fold models, cv rows)",
     "section_tta": "Swap-TTA gain",
@@ -545,14 +546,43 @@ REPORT_SECTIONS = {
 }
 
 
+def test_the_best_transformer_stage_is_compared_with_the_best_baseline():
+    from arena_distill.report.metrics import transformer_vs_baseline
+
+    oof = {
+        "teacher/t": 0.95,
+        "teacher/t+tta": 0.94,
+        "student/s": 0.97,
+        "baseline/length_lr": 1.0,
+        "baseline/tfidf_lr": 0.99,
+        "stacked": 0.90,  # mixes the baselines in: not a transformer stage
+        "teacher/t+ts": 0.93,  # a recalibrated copy: not a stage of its own
+    }
+    holdout = {"quantized+tta": 1.02, "folds_mean": 1.01, "baseline/tfidf_lr": 0.98}
+    got = transformer_vs_baseline(oof, holdout)
+    assert got["oof"] == {
+        "transformer": "teacher/t+tta",
+        "transformer_log_loss": 0.94,
+        "baseline": "baseline/tfidf_lr",
+        "baseline_log_loss": 0.99,
+        "gap": pytest.approx(-0.05),
+    }
+    assert got["holdout"]["transformer"] == "folds_mean"
+    assert got["holdout"]["gap"] == pytest.approx(0.03)
+    assert transformer_vs_baseline({"baseline/prior": 1.0}, {}) == {}
+
+
 def test_render_report_is_its_section_functions_in_order(synthetic):
-    from arena_distill.report.metrics import final_model
+    from arena_distill.report.metrics import final_model, transformer_vs_baseline
 
     root, _ = synthetic
     _manifest(root / "data", "data", {"seconds": 1.5, "peak_rss_mb": 210.3})
     m = build_metrics(load_run(root), temperature_scaling=True)
     m["warnings"] = ["the folds diverged"]
     m["final_model"] = final_model({"student/s": 0.9, "baseline/prior": 1.0}, 3)
+    m["transformer_vs_baseline"] = transformer_vs_baseline(
+        {"student/s": 0.9, "baseline/prior": 1.0}, {}
+    )
     m["training_logs"] = {
         "tensorboard_dir": "runs/x/tensorboard",
         "runs": [{"run": "a", "files": 1}],

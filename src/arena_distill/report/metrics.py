@@ -285,10 +285,45 @@ def build_metrics(
     m["recipe_gains"] = recipe_gains(m["oof_log_loss"], m["holdout_log_loss"])
     m["warnings"] = merge_warnings(m["holdout_log_loss"], m["holdout_prior_log_loss"])
     m["final_model"] = final_model(m["oof_log_loss"], m["n_folds"])
+    m["transformer_vs_baseline"] = transformer_vs_baseline(m["oof_log_loss"], m["holdout_log_loss"])
     m["calibration"] = calib
     m["data_summary"] = run.summary
     m["cost"] = cost_rows(run.run_dir)
     return m
+
+
+# --------------------------------------------------------------------------- transformers vs baselines
+
+
+def _is_transformer(name: str) -> bool:
+    """A stage whose predictions come from a transformer alone: teachers, students, the merged,
+    quantized and full models, the fold students' mean (not a baseline, not the stacker, which
+    mixes in the baselines, nor a temperature-scaled copy)."""
+    return not name.startswith(("baseline/", "stacked")) and not name.endswith(TS_SUFFIX)
+
+
+def transformer_vs_baseline(
+    oof: Mapping[str, float], holdout: Mapping[str, float]
+) -> dict[str, dict]:
+    """Per section (OOF, holdout): the best single transformer stage (swap-TTA variants
+    included), the best baseline, and ``gap`` = transformer - baseline (negative: the
+    transformer is better). A section without both has no entry."""
+    out = {}
+    for section, scores in ((OOF, oof), (HOLDOUT, holdout)):
+        trans = {n: v for n, v in scores.items() if _is_transformer(n)}
+        base = {n: v for n, v in scores.items() if n.startswith("baseline/")}
+        if not trans or not base:
+            continue
+        t = min(trans, key=lambda n: trans[n])
+        b = min(base, key=lambda n: base[n])
+        out[section] = {
+            "transformer": t,
+            "transformer_log_loss": float(trans[t]),
+            "baseline": b,
+            "baseline_log_loss": float(base[b]),
+            "gap": float(trans[t] - base[b]),
+        }
+    return out
 
 
 # --------------------------------------------------------------------------- the final model

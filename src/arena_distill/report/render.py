@@ -82,6 +82,34 @@ def section_final_model(m: Mapping, *, plots: bool) -> Section:
     return s
 
 
+def section_transformer_gap(m: Mapping, *, plots: bool) -> Section:
+    """The best single transformer stage against the best baseline, per section."""
+    s = Section()
+    gap = m.get("transformer_vs_baseline") or {}
+    if not gap:
+        return s
+    s.h("Best transformer stage vs best baseline")
+    s.table(
+        ["scored on", "best transformer stage", "log loss", "best baseline", "log loss", "gap"],
+        [
+            [
+                "OOF" if section == "oof" else section,
+                f"`{g['transformer']}`",
+                f"{g['transformer_log_loss']:.4f}",
+                f"`{g['baseline']}`",
+                f"{g['baseline_log_loss']:.4f}",
+                f"{g['gap']:+.4f}",
+            ]
+            for section, g in gap.items()
+        ],
+    )
+    s.p(
+        "gap = transformer - baseline (negative: the transformer alone beats every baseline). "
+        "The stacker is not a transformer stage: it mixes in the baselines."
+    )
+    return s
+
+
 def section_prior(m: Mapping, *, plots: bool) -> Section:
     s = Section()
     prior = m.get("prior_log_loss")
@@ -442,6 +470,7 @@ SECTIONS = (
     section_intro,
     section_warnings,
     section_final_model,
+    section_transformer_gap,
     section_prior,
     section_oof,
     section_tta,
