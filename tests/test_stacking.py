@@ -94,6 +94,29 @@ def test_a_feature_that_carries_the_label_is_learnt_out_of_fold():
     assert len(out.fold_log_loss) == 3
 
 
+def test_a_near_constant_feature_that_shifts_does_not_swing_the_prediction(monkeypatch):
+    """A student at the prior gives log-probabilities that barely move over the OOF rows, and
+    the final model it is applied to sits a little off them: standardised by its own tiny
+    spread the shift would be many units; with the scale floor it moves the prediction little."""
+    rng = np.random.default_rng(4)
+    n = 400
+    y = rng.integers(0, 2, n)
+    signal = rng.normal(size=n) + 1.5 * (y == 0) - 1.5 * (y == 1)
+    flat = 0.002 * rng.normal(size=n) + 0.001 * (y == 1)  # a faint echo of the label
+    feats = Features(["signal", "student"], np.column_stack([signal, flat]), None)
+    shifted = np.column_stack([signal, flat + 0.01])  # the final model, 0.01 nats off
+
+    def moved():
+        s = fit_stacker(feats, y, np.arange(n), c=1.0, seed=0)
+        return float(np.abs(s.predict_proba(shifted) - s.predict_proba(feats.x)).max()), s
+
+    floored, s = moved()
+    assert s.scale[1] == stacking.MIN_SCALE and s.scale[0] > stacking.MIN_SCALE
+    assert floored < 0.01
+    monkeypatch.setattr(stacking, "MIN_SCALE", 0.0)  # plain standardisation swings it
+    assert moved()[0] > 0.3
+
+
 def test_choose_c_prefers_the_strength_that_generalises():
     feats, y, _ = _noise(120, 2, seed=3)
     feats.x[:, 0] += 2.0 * (y == 0)

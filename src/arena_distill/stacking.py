@@ -81,6 +81,8 @@ LENGTH_NAMES = (
     "turns",
 )
 EPS = 1e-7
+# the smallest spread a feature is standardised by (log-probabilities in nats, log counts)
+MIN_SCALE = 0.1
 # what the student column of the OOF rows becomes on the rows the final model predicts
 MAPPING = {
     STUDENT: "out of fold: fold k's student (students/<student>/oof.parquet logit_*) on fold k's "
@@ -244,15 +246,20 @@ def fit_stacker(
     """Fit on rows ``idx`` (and their swaps when the features have them)."""
     x, y = _augmented(feats, labels, idx)
     scaler = StandardScaler().fit(x)
+    # a feature that barely moves over the training rows is not blown up to unit spread: a
+    # student at the prior (hh_harmless: log-probabilities with a spread of ~0.003) differs
+    # between its OOF fold models and the final model it is applied to by more than that, and
+    # standardised its tiny shift swung the holdout prediction (log loss 1.19 against 0.69)
+    scale = np.maximum(scaler.scale_.astype(np.float64), MIN_SCALE)
     if len(np.unique(y)) < 2:
         raise ValueError(f"the stacker's training rows have one class only ({int(y[0])})")
     model = LogisticRegression(C=c, max_iter=10000, tol=1e-8, random_state=seed)
-    model.fit(scaler.transform(x), y)
+    model.fit((x - scaler.mean_) / scale, y)
     classes = tuple(int(k) for k in model.classes_)
     return Stacker(
         features=list(feats.names),
         mean=scaler.mean_.astype(np.float64),
-        scale=scaler.scale_.astype(np.float64),
+        scale=scale,
         coef=model.coef_.astype(np.float64),
         intercept=model.intercept_.astype(np.float64),
         c=float(c),
