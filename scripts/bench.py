@@ -58,7 +58,7 @@ TARGETS = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", type=Path, help=f"CSV or lengths .json (default {DEFAULT_DATA})")
-    ap.add_argument("--rows", type=int, default=128, help="rows sampled from the file")
+    ap.add_argument("--rows", type=int, default=256, help="rows sampled from the file")
     ap.add_argument("--models", default=",".join(MODELS), help="model configs, comma-separated")
     ap.add_argument(
         "--max-length", type=int, default=1024, help="token budget per row (at most the model's)"

@@ -30,7 +30,6 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback, set_seed
 
 from arena_distill import faults, fingerprint
-from arena_distill import settings as config
 from arena_distill.data.folds import split_by_fold
 from arena_distill.distributed import barrier, is_main_process, train_device
 from arena_distill.encode import labelled_encodings
@@ -64,6 +63,7 @@ from arena_distill.train import (
     make_examples,
     marked_work_dir,
     tracking_callbacks,
+    training_config,
 )
 
 log = logging.getLogger(__name__)
@@ -216,11 +216,7 @@ def train_fold(
             write_manifest(
                 tmp,
                 stage=stage,
-                config={
-                    "model": OmegaConf.to_container(cfg.model, resolve=True),
-                    "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
-                    "stage": config.to_dict(settings),
-                },
+                config=training_config(cfg, settings),
                 inputs=run.files + ([init_adapter] if init_adapter else []) + list(extra_inputs),
                 outputs={
                     "fold": fold,

@@ -612,6 +612,20 @@ def marked_work_dir(work: Path, ident: str | None) -> Path:
     return work
 
 
+def training_config(cfg, settings: TrainSettings, **extra) -> dict:
+    """The ``config`` block of a trained output's manifest: model, prompt, the stage's settings."""
+    from omegaconf import OmegaConf
+
+    from arena_distill.settings import to_dict
+
+    return {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
+        "stage": to_dict(settings),
+        **extra,
+    }
+
+
 def train_and_write_adapter(
     cfg,
     model,
@@ -635,13 +649,10 @@ def train_and_write_adapter(
     fingerprint keys). Checkpoints live in ``.<name>.work/`` beside ``out_dir`` while it trains
     (:func:`marked_work_dir`: a restart with the same inputs resumes) and are removed after.
     Returns the metrics."""
-    from omegaconf import OmegaConf
-
     from arena_distill.distributed import barrier, is_main_process
     from arena_distill.io import atomic_dir, remove_dir, write_json, write_manifest
     from arena_distill.metrics import training_throughput
     from arena_distill.models.factory import count_parameters
-    from arena_distill.settings import to_dict
 
     out_dir = Path(out_dir)
     trainable, total = count_parameters(model)
@@ -687,12 +698,7 @@ def train_and_write_adapter(
             write_manifest(
                 tmp,
                 stage=stage,
-                config={
-                    "model": OmegaConf.to_container(cfg.model, resolve=True),
-                    "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
-                    "stage": to_dict(settings),
-                    **(manifest_config or {}),
-                },
+                config=training_config(cfg, settings, **(manifest_config or {})),
                 inputs=list(inputs),
                 outputs={
                     k: out.get(k) for k in ("rows", "steps", "last_logged_loss", "throughput")
