@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from arena_distill.features import _text
+from arena_distill.io import file_sha256
 from arena_distill.text import _turns, cut_words, fold_shared_turns
 
 log = logging.getLogger(__name__)
@@ -61,21 +62,11 @@ def side_texts(rows: pd.DataFrame, side: str, prompt_words: int) -> list[str]:
         raise ValueError(f"side must be one of {SIDES}, got {side!r}")
     out = []
     for p, a, b in zip(rows["prompt"], rows["response_a"], rows["response_b"], strict=True):
-        ps, as_, bs = _turns(p), _turns(a), _turns(b)
-        if len(ps) == len(as_) == len(bs):
-            ps, as_, bs = fold_shared_turns(ps, as_, bs, "\n")
+        ps, as_, bs = fold_shared_turns(_turns(p), _turns(a), _turns(b), "\n")
         prompt = cut_words(ps[-1] if ps else "", prompt_words, "left") if prompt_words else ""
         answer = _text(as_ if side == "a" else bs)
         out.append(f"{prompt}\n{answer}" if prompt else answer)
     return out
-
-
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @lru_cache(maxsize=8)
@@ -89,7 +80,7 @@ def encoder_key(path: str, max_length: int) -> str:
     h = hashlib.sha256(json.dumps({"max_length": max_length}).encode())
     for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
         h.update(f.relative_to(folder).as_posix().encode())
-        h.update(_file_sha(f).encode())
+        h.update(file_sha256(f).encode())
     return h.hexdigest()
 
 
@@ -166,16 +157,15 @@ def embed(spec: EncoderSpec, texts: Sequence[str]) -> np.ndarray:
     shas = [_sha1(t) for t in texts]
     missing = {s for s in shas if s not in memory}
     disk = _disk_path(spec)
-    if missing and disk is not None:
-        memory.update({k: v for k, v in _read_disk(disk).items() if k in missing})
-        missing -= set(memory)
+    table = _read_disk(disk) if missing else {}  # the disk cache, read once
+    memory.update({k: v for k, v in table.items() if k in missing})
+    missing -= set(memory)
     if missing:
         todo = {s: t for s, t in zip(shas, texts, strict=True) if s in missing}
         vectors = _encode(spec, list(todo.values()))
         memory.update(zip(todo, vectors, strict=True))
         log.info("embedded %d texts with %s", len(todo), spec.path)
         if disk is not None:
-            table = _read_disk(disk)
             table.update(zip(todo, vectors, strict=True))
             _write_disk(disk, table)
     if not shas:

@@ -230,6 +230,19 @@ def output_changes(
     return differences(label(folder, run_dir), old, expected)
 
 
+def is_current_output(folder: str | Path, expected: Mapping[str, Any], run_dir: str | Path) -> bool:
+    """Whether ``folder`` is a finished output made from ``expected``: logged as kept when it
+    is; a stale one is logged with its changes (the caller rebuilds it)."""
+    if not (Path(folder) / MANIFEST).is_file():
+        return False
+    changes = output_changes(folder, expected, run_dir)
+    if changes:
+        log.warning("%s is stale, rebuilt: %s", folder, "; ".join(changes))
+        return False
+    log.info("%s is already made from these inputs: kept", folder)
+    return True
+
+
 def _short(sha: str | None) -> str:
     return f"{sha[:8]}.." if sha else "none"
 

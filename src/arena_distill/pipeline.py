@@ -339,8 +339,7 @@ def plan(cfg: DictConfig, model_paths: dict[str, str]) -> list[Step]:
                 needs=["data", "quantize full"],
                 group="holdout",
             )
-    folds_final = pipe.final == "folds"
-    if folds_final and float(data.holdout_frac) > 0:
+    if pipe.final == "folds" and float(data.holdout_frac) > 0:
         # the final model on the holdout: the fold students' averaged holdout predictions
         # (the report's folds_mean row), as one folder the stacker reads like a predict output
         add(

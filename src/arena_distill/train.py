@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -38,10 +39,12 @@ from arena_distill.collate import (
     bucket_length,
     padding_mask_needed,
 )
+from arena_distill.distributed import barrier, is_main_process
+from arena_distill.io import atomic_dir, remove_dir, write_json, write_manifest
 from arena_distill.losses import IGNORE_LABEL, LossFn, cross_entropy
-from arena_distill.metrics import classification_metrics, log_loss_from_logits
+from arena_distill.metrics import classification_metrics, log_loss_from_logits, training_throughput
 from arena_distill.models.hybrid import head_features
-from arena_distill.settings import SWAP_MODES, TrainSettings
+from arena_distill.settings import SWAP_MODES, TrainSettings, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -546,7 +549,6 @@ def tracking_callbacks(cfg, stage: str, *parts: str) -> Tracking:
     integration whose package is missing is an error before training starts."""
     import importlib.util
 
-    from arena_distill.distributed import is_main_process
     from arena_distill.settings import logging_settings
 
     settings = logging_settings(cfg)
@@ -594,9 +596,6 @@ def marked_work_dir(work: Path, ident: str | None) -> Path:
     fingerprint id): checkpoints trained from other inputs are removed first, so a restart only
     resumes the run it belongs to (a setting changed after a kill trains afresh). ``ident``
     None: no mark, the folder as it is."""
-    from arena_distill.distributed import barrier, is_main_process
-    from arena_distill.io import remove_dir
-
     work = Path(work)
     if ident is None:
         work.mkdir(parents=True, exist_ok=True)
@@ -614,10 +613,6 @@ def marked_work_dir(work: Path, ident: str | None) -> Path:
 
 def training_config(cfg, settings: TrainSettings, **extra) -> dict:
     """The ``config`` block of a trained output's manifest: model, prompt, the stage's settings."""
-    from omegaconf import OmegaConf
-
-    from arena_distill.settings import to_dict
-
     return {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "prompt": OmegaConf.to_container(cfg.prompt, resolve=True),
@@ -649,9 +644,6 @@ def train_and_write_adapter(
     fingerprint keys). Checkpoints live in ``.<name>.work/`` beside ``out_dir`` while it trains
     (:func:`marked_work_dir`: a restart with the same inputs resumes) and are removed after.
     Returns the metrics."""
-    from arena_distill.distributed import barrier, is_main_process
-    from arena_distill.io import atomic_dir, remove_dir, write_json, write_manifest
-    from arena_distill.metrics import training_throughput
     from arena_distill.models.factory import count_parameters
 
     out_dir = Path(out_dir)

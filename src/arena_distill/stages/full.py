@@ -54,10 +54,7 @@ from arena_distill.distillation import (
 from arena_distill.distributed import train_device
 from arena_distill.encode import labelled_encodings
 from arena_distill.features import row_features
-from arena_distill.io import (
-    MANIFEST,
-    StageTimer,
-)
+from arena_distill.io import StageTimer
 from arena_distill.layout import load_run_data
 from arena_distill.models.factory import build_model, load_tokenizer
 from arena_distill.pseudo import MEAN_FOLD
@@ -105,12 +102,9 @@ def run(cfg: DictConfig) -> Path:
         files=fingerprint.file_hashes([*run_data.files, *extra_files], run_dir),
         upstream=fingerprint.upstream_ids([*upstream, *fingerprint.model_folder(cfg)], run_dir),
     )
-    if (out_dir / MANIFEST).is_file() and not (settings.overwrite or fingerprint.overwrite(cfg)):
-        changes = fingerprint.output_changes(out_dir, expected, run_dir)
-        if not changes:
-            log.info("%s is already trained from these inputs: kept", out_dir)
-            return out_dir
-        log.warning("%s is stale, retrained: %s", out_dir, "; ".join(changes))
+    retrain = settings.overwrite or fingerprint.overwrite(cfg)
+    if not retrain and fingerprint.is_current_output(out_dir, expected, run_dir):
+        return out_dir
 
     rows = full_training_rows(run_data.labelled, run_data.folds)
     ids, labels = rows["id"].astype(str).tolist(), rows["label"].astype(int).tolist()

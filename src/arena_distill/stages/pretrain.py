@@ -25,7 +25,7 @@ from arena_distill.data.tableio import load_table
 from arena_distill.distributed import train_device
 from arena_distill.encode import encodings, pretrain_key, prompt_config
 from arena_distill.features import row_features
-from arena_distill.io import MANIFEST, StageInputError, StageTimer, require_stage_output
+from arena_distill.io import StageInputError, StageTimer, require_stage_output
 from arena_distill.layout import PRETRAIN
 from arena_distill.models.factory import build_model, load_tokenizer
 from arena_distill.train import make_examples, train_and_write_adapter
@@ -46,12 +46,10 @@ def run(cfg: DictConfig) -> Path:
         files=fingerprint.file_hashes([data_dir / PRETRAIN], cfg.run_dir),
         upstream=fingerprint.upstream_ids(fingerprint.model_folder(cfg), cfg.run_dir),
     )
-    if (out_dir / MANIFEST).is_file() and not fingerprint.overwrite(cfg):
-        changes = fingerprint.output_changes(out_dir, expected, cfg.run_dir)
-        if not changes:
-            log.info("%s is already trained from these inputs: kept", out_dir)
-            return out_dir
-        log.warning("%s is stale, retrained: %s", out_dir, "; ".join(changes))
+    if not fingerprint.overwrite(cfg) and fingerprint.is_current_output(
+        out_dir, expected, cfg.run_dir
+    ):
+        return out_dir
     table = load_table(data_dir / PRETRAIN)
     if table.empty:
         raise StageInputError(
