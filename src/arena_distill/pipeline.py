@@ -51,7 +51,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from arena_distill import faults
+from arena_distill import faults, fingerprint
 from arena_distill import settings as config
 from arena_distill.baselines import BASELINES, baseline_of, dump_overrides
 from arena_distill.io import (
@@ -406,9 +406,15 @@ def manifest_sha(folder: Path) -> str | None:
 
 def step_key(step: Step, step_cfg: DictConfig, state: dict) -> str:
     """sha256 of what the step reads: its stage block, the blocks of ``READS``, the overrides
-    and the manifests its upstream steps left."""
+    and the manifests its upstream steps left. Paths are written relative to the run folder
+    and to site-packages (``fingerprint.relocated``): a copied run folder, or one run from
+    another checkout, skips what is fresh."""
     reads = READS[step.stage] if step.reads is None else step.reads
-    blocks = {b: _select(step_cfg, b) for b in (f"stages.{step.stage}", *reads)}
+    run_dir = str(step_cfg.run_dir)
+    blocks = {
+        b: fingerprint.relocated(_select(step_cfg, b), run_dir)
+        for b in (f"stages.{step.stage}", *reads)
+    }
     for block, keys in NOT_READ.get(step.stage, {}).items():
         if isinstance(blocks.get(block), dict):
             blocks[block] = {k: v for k, v in blocks[block].items() if k not in keys}

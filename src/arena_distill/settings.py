@@ -582,6 +582,7 @@ class StackSettings:
     baselines: list[str] = field(default_factory=lambda: ["length_lr", "tfidf_lr"])
     length: bool = True
     cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    inner_cv: str = "random"
     inner_splits: int = 5
     passthrough: bool = True
     holdout_dir: str | None = None
@@ -590,6 +591,10 @@ class StackSettings:
     def __post_init__(self) -> None:
         if not self.cs or any(c <= 0 for c in self.cs):
             raise ConfigError(f"stages.stack.cs: positive inverse L2 strengths, got {self.cs}")
+        if self.inner_cv not in ("random", "folds", "both"):
+            raise ConfigError(
+                f"stages.stack.inner_cv: random, folds or both, got {self.inner_cv!r}"
+            )
         if self.inner_splits < 2:
             raise ConfigError(f"stages.stack.inner_splits: at least 2, got {self.inner_splits}")
         if "prior" in self.baselines:

@@ -26,9 +26,14 @@ Cross-fitting (:func:`cross_fit`): the level-2 model that scores fold k's rows i
 other folds' OOF rows only, with its L2 strength chosen by a (random-split) cross-validation
 over those rows only; no row is scored by a model that saw it. The stacker applied to holdout /
 test rows is the same procedure on every OOF row: C chosen by the same cross-validation over
-all of them, then fitted on all of them. (Inner splits by the outer folds were tried first: with
-3 folds each inner fit sees a third of the rows and chose C = 0.01 where the outer folds favour
-C = 10, and the cross-fitted log loss was 0.01-0.06 worse on llmeval2, pandalm and their union.)
+all of them, then fitted on all of them. ``stages.stack.inner_cv`` chooses that CV: ``random``
+splits (default), ``folds`` (leave one fold out: each fit is scored on features of a fold model
+it never saw, which is how the stacker meets the final model) or ``both`` (the mean). With 3
+folds an inner fold-split fit sees a third of the rows and chooses a stronger L2 (C = 0.01 where
+the outer folds favour C = 10): the cross-fitted log loss was 0.01-0.06 worse on llmeval2 and
+pandalm. But a run whose fold students differ in kind (one at the prior, the others not) breaks
+the random choice: a fresh union run's cross-fitted OOF scored 1.2485 with ``random``, 0.9344
+with ``folds`` (README, "Stacking").
 
 Everything applied at test time is plain numpy (:class:`Stacker`, :func:`predict_exported`):
 the Kaggle path needs no scikit-learn. The ``embed_lr`` baseline also runs its sentence encoder
@@ -269,6 +274,24 @@ def fit_stacker(
     )
 
 
+INNER_CV = ("random", "folds", "both")
+
+
+def _split_labels(
+    idx: np.ndarray, inner: str, n_splits: int, seed: int, groups: np.ndarray | None
+) -> list[np.ndarray]:
+    """The splits (a split label per row of ``idx``) of the CV choosing C: ``n_splits`` random
+    splits, the row groups (leave one group out; needs two groups among ``idx``), or both."""
+    schemes = []
+    if inner in ("folds", "both") and groups is not None:
+        g = np.asarray(groups)[idx]
+        if len(np.unique(g)) >= 2:
+            schemes.append(np.unique(g, return_inverse=True)[1])
+    if inner in ("random", "both") or not schemes:
+        schemes.append(np.random.default_rng(seed).permutation(len(idx)) % n_splits)
+    return schemes
+
+
 def choose_c(
     feats: Features,
     labels: np.ndarray,
@@ -277,22 +300,32 @@ def choose_c(
     *,
     n_splits: int,
     seed: int,
+    groups: np.ndarray | None = None,
+    inner: str = "random",
 ) -> tuple[float, dict[str, float]]:
-    """The L2 strength among ``cs`` with the lowest ``n_splits``-fold cross-validated log loss
-    over rows ``idx`` only (random splits drawn with ``seed``); with the score per C."""
+    """The L2 strength among ``cs`` with the lowest cross-validated log loss over rows ``idx``
+    only; with the score per C. ``inner`` (:data:`INNER_CV`): ``random``, ``n_splits`` random
+    splits drawn with ``seed``; ``folds``, leave one of ``groups`` out (a label per row of
+    ``feats``: the fold whose model made the row's features; random splits when ``idx`` holds
+    one group only); ``both``, a C's score is the mean of the two: it must do well on rows of
+    the fold models it was fitted on and on a fold model it never saw."""
+    if inner not in INNER_CV:
+        raise ValueError(f"inner CV {inner!r}: one of {INNER_CV}")
     idx = np.asarray(idx, dtype=np.int64)
     if len(cs) == 1:
         return float(cs[0]), {}
-    groups = np.random.default_rng(seed).permutation(len(idx)) % n_splits
-    scores = {}
     y = np.asarray(labels, dtype=np.int64)
+    scores: dict[str, float] = {}
     for c in cs:
-        probs = np.zeros((len(idx), 3))
-        for g in range(n_splits):
-            valid, train = groups == g, groups != g
-            stacker = fit_stacker(feats, labels, idx[train], c=c, seed=seed)
-            probs[valid] = stacker.predict_proba(feats.x[idx[valid]])
-        scores[repr(float(c))] = log_loss(probs, y[idx])
+        losses = []
+        for split in _split_labels(idx, inner, n_splits, seed, groups):
+            probs = np.zeros((len(idx), 3))
+            for g in np.unique(split):
+                valid, train = split == g, split != g
+                stacker = fit_stacker(feats, labels, idx[train], c=c, seed=seed)
+                probs[valid] = stacker.predict_proba(feats.x[idx[valid]])
+            losses.append(log_loss(probs, y[idx]))
+        scores[repr(float(c))] = float(np.mean(losses))
     best = min(cs, key=lambda c: scores[repr(float(c))])
     return float(best), scores
 
@@ -321,17 +354,20 @@ def select_and_fit(
     n_splits: int,
     seed: int,
     passthrough: bool,
+    groups: np.ndarray | None = None,
+    inner: str = "random",
 ) -> tuple[Stacker, str, dict[str, float]]:
     """The stacker for rows ``idx``: the regression at the C of :func:`choose_c`, fitted on
     them, or with ``passthrough`` one input's own probabilities when its log loss on those rows
     (out of fold already) beats the regression's cross-validated one. (stacker, what was
     chosen, every candidate's score)."""
-    c, scores = choose_c(feats, labels, idx, cs, n_splits=n_splits, seed=seed)
+    split = dict(n_splits=n_splits, seed=seed, groups=groups, inner=inner)
+    c, scores = choose_c(feats, labels, idx, cs, **split)
     scores = {f"C={k}": v for k, v in scores.items()}
     if passthrough:
         y = np.asarray(labels, dtype=np.int64)[idx]
         if len(cs) == 1:  # no CV was needed to choose C: score it now
-            _, one = choose_c(feats, labels, idx, [c, c], n_splits=n_splits, seed=seed)
+            _, one = choose_c(feats, labels, idx, [c, c], **split)
             scores[f"C={c!r}"] = one[repr(float(c))]
         for block in blocks_of(feats.names):
             stacker = passthrough_stacker(feats.names, block)
@@ -361,9 +397,10 @@ def cross_fit(
     n_splits: int,
     seed: int,
     passthrough: bool = False,
+    inner: str = "random",
 ) -> CrossFit:
-    """Fold k's rows scored by a stacker fitted (and chosen: :func:`select_and_fit`) on the
-    other folds' rows only."""
+    """Fold k's rows scored by a stacker fitted (and chosen: :func:`select_and_fit`, its C by
+    the ``inner`` CV over those rows, grouped by their folds) on the other folds' rows only."""
     folds = np.asarray(folds, dtype=np.int64)
     y = np.asarray(labels, dtype=np.int64)
     probs = np.zeros((len(y), 3))
@@ -373,7 +410,15 @@ def cross_fit(
         valid = np.flatnonzero(folds == k)
         train = np.flatnonzero(folds != k)
         stacker, choice, _ = select_and_fit(
-            feats, y, train, cs, n_splits=n_splits, seed=seed, passthrough=passthrough
+            feats,
+            y,
+            train,
+            cs,
+            n_splits=n_splits,
+            seed=seed,
+            passthrough=passthrough,
+            groups=folds,
+            inner=inner,
         )
         sub = Features(
             feats.names, feats.x[valid], None if feats.x_swap is None else feats.x_swap[valid]

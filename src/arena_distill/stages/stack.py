@@ -190,8 +190,10 @@ def run(cfg: DictConfig) -> Path:
     # --- cross-fitted OOF, then the stacker on every OOF row
     cs = [float(c) for c in settings.cs]
     pick = dict(n_splits=settings.inner_splits, seed=seed, passthrough=settings.passthrough)
-    crossed: CrossFit = cross_fit(feats, labels, folds, cs, **pick)
-    stacker, choice, scores = select_and_fit(feats, labels, np.arange(len(labels)), cs, **pick)
+    crossed: CrossFit = cross_fit(feats, labels, folds, cs, **pick, inner=settings.inner_cv)
+    stacker, choice, scores = select_and_fit(
+        feats, labels, np.arange(len(labels)), cs, **pick, groups=folds, inner=settings.inner_cv
+    )
     c_best = stacker.c
     timer.lap("fit")
     metrics = {
