@@ -103,6 +103,10 @@ def test_values_in_choices_are_checked():
         settings.stage(compose(["stages.merge.method=mean"]), "merge")
     with pytest.raises(ConfigError, match="report_to"):
         settings.logging_settings(compose(["logging.report_to=comet"]))
+    with pytest.raises(ConfigError, match="stages.stack.inner_cv: random, folds or both"):
+        settings.stage(compose(["stages.stack.inner_cv=fold"]), "stack")
+    with pytest.raises(ConfigError, match=r"stages.stack.flat_fold_ratio: in \[0, 1\)"):
+        settings.stage(compose(["stages.stack.flat_fold_ratio=1.5"]), "stack")
 
 
 def test_predict_settings_read_the_flat_prompt_file_layout_of_earlier_versions():

@@ -151,6 +151,38 @@ def test_choose_c_by_folds_leaves_one_fold_out_and_both_averages_the_two_cvs():
         choose_c(feats, y, idx, [1e-4, 1.0], inner="fold", **kw)
 
 
+def test_a_fold_student_at_the_prior_is_scored_but_not_fitted_on(monkeypatch):
+    """A fold whose student barely moves next to the others' (it stayed at the prior) is left
+    out of every stacker's training rows; its rows are still scored, every row exactly once."""
+    feats, y, folds = _noise(150, 4, seed=2)
+    names = ["student:a", "student:b", "student:tie", "f3"]
+    feats = Features(names, feats.x, None)
+    feats.x[folds == 0, :3] = [-0.9, -0.9, -1.7]  # fold 0's student: constant
+    spreads = stacking.student_spreads(feats, folds)
+    assert spreads[0] == 0.0 and min(spreads[1], spreads[2]) > 0.5
+    assert stacking.flat_folds(spreads, 0.1) == [0]
+    assert stacking.flat_folds(spreads, 0.0) == []
+    assert stacking.flat_folds({0: 0.01, 1: 0.01}, 0.1) == []  # never every fold
+    assert stacking.student_spreads(Features(["f0"], feats.x[:, :1], None), folds) == {}
+    fitted_rows = []
+    fit = stacking.fit_stacker
+
+    def recording_fit(f, labels, idx, **kw):
+        fitted_rows.append(set(np.asarray(idx).tolist()))
+        return fit(f, labels, idx, **kw)
+
+    monkeypatch.setattr(stacking, "fit_stacker", recording_fit)
+    out = cross_fit(feats, y, folds, [0.1, 1.0], n_splits=3, seed=0, skip_folds=[0])
+    fold0 = set(np.flatnonzero(folds == 0).tolist())
+    assert fitted_rows and all(not (rows & fold0) for rows in fitted_rows)
+    assert np.allclose(out.probs.sum(axis=1), 1.0) and len(out.fold_log_loss) == 3
+    # with two folds, skipping the only other fold falls back to it
+    two = np.arange(150) % 2
+    fitted_rows.clear()
+    cross_fit(feats, y, two, [1.0], n_splits=3, seed=0, skip_folds=[0])
+    assert fitted_rows == [set(np.flatnonzero(two == k).tolist()) for k in (1, 0)]
+
+
 def test_features_of_the_swapped_rows(rows):
     n = len(rows)
     rng = np.random.default_rng(0)

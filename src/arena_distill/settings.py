@@ -583,6 +583,7 @@ class StackSettings:
     length: bool = True
     cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     inner_cv: str = "random"
+    flat_fold_ratio: float = 0.1
     inner_splits: int = 5
     passthrough: bool = True
     holdout_dir: str | None = None
@@ -591,6 +592,10 @@ class StackSettings:
     def __post_init__(self) -> None:
         if not self.cs or any(c <= 0 for c in self.cs):
             raise ConfigError(f"stages.stack.cs: positive inverse L2 strengths, got {self.cs}")
+        if self.flat_fold_ratio < 0 or self.flat_fold_ratio >= 1:
+            raise ConfigError(
+                f"stages.stack.flat_fold_ratio: in [0, 1), got {self.flat_fold_ratio}"
+            )
         if self.inner_cv not in ("random", "folds", "both"):
             raise ConfigError(
                 f"stages.stack.inner_cv: random, folds or both, got {self.inner_cv!r}"

@@ -71,9 +71,11 @@ from arena_distill.stacking import (
     build_features,
     cross_fit,
     export_baseline,
+    flat_folds,
     predict_exported,
     save_stacker_dir,
     select_and_fit,
+    student_spreads,
 )
 from arena_distill.submission import write_submission
 
@@ -190,9 +192,21 @@ def run(cfg: DictConfig) -> Path:
     # --- cross-fitted OOF, then the stacker on every OOF row
     cs = [float(c) for c in settings.cs]
     pick = dict(n_splits=settings.inner_splits, seed=seed, passthrough=settings.passthrough)
-    crossed: CrossFit = cross_fit(feats, labels, folds, cs, **pick, inner=settings.inner_cv)
+    spreads = student_spreads(feats, folds)
+    flat = flat_folds(spreads, settings.flat_fold_ratio)
+    if flat:
+        log.warning(
+            "fold student(s) %s barely move (OOF log-prob spread %s vs up to %.3f): their rows "
+            "are scored, not fitted on (stages.stack.flat_fold_ratio=%s)",
+            flat, [round(spreads[k], 4) for k in flat], max(spreads.values()),
+            settings.flat_fold_ratio,
+        )  # fmt: skip
+    crossed: CrossFit = cross_fit(
+        feats, labels, folds, cs, **pick, inner=settings.inner_cv, skip_folds=flat
+    )
+    fit_rows_idx = np.flatnonzero(~np.isin(folds, flat))
     stacker, choice, scores = select_and_fit(
-        feats, labels, np.arange(len(labels)), cs, **pick, groups=folds, inner=settings.inner_cv
+        feats, labels, fit_rows_idx, cs, **pick, groups=folds, inner=settings.inner_cv
     )
     c_best = stacker.c
     timer.lap("fit")
@@ -204,6 +218,8 @@ def run(cfg: DictConfig) -> Path:
         "choice_per_fold": crossed.choices,
         "oof": _scores(labels, crossed.probs, crossed.tta_probs),
         "fold_log_loss": crossed.fold_log_loss,
+        "student_spread": {str(k): v for k, v in spreads.items()},
+        "flat_folds": flat,
         "swap_augmented": feats.x_swap is not None,
     }
 
