@@ -102,7 +102,7 @@ def portable(value: Any) -> Any:
     environment is the same setting. Other values unchanged."""
     if isinstance(value, str) and value.startswith("/"):
         for marker in PACKAGE_DIRS:
-            head, sep, tail = value.partition(marker)
+            _, sep, tail = value.partition(marker)
             if sep and tail:
                 return SITE_PACKAGES + "/" + tail
     return value

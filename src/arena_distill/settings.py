@@ -574,6 +574,10 @@ class ReportSettings:
     stack_dir: str | None = None
 
 
+# the CV choosing the stacker's C (stacking.choose_c)
+INNER_CV = ("random", "folds", "both")
+
+
 @dataclass(kw_only=True)
 class StackSettings:
     out_dir: str
@@ -596,7 +600,7 @@ class StackSettings:
             raise ConfigError(
                 f"stages.stack.flat_fold_ratio: in [0, 1), got {self.flat_fold_ratio}"
             )
-        if self.inner_cv not in ("random", "folds", "both"):
+        if self.inner_cv not in INNER_CV:
             raise ConfigError(
                 f"stages.stack.inner_cv: random, folds or both, got {self.inner_cv!r}"
             )

@@ -67,6 +67,7 @@ from arena_distill.baselines import (
 from arena_distill.data.swap import swap_table
 from arena_distill.embeddings import EncoderSpec, row_embeddings
 from arena_distill.metrics import log_loss
+from arena_distill.settings import INNER_CV
 
 STACKER_DIR = "stacker"  # the folder shipped beside a model (Kaggle)
 STACKER_FILE = "stacker.json"
@@ -273,9 +274,6 @@ def fit_stacker(
         # a class none of the rows has (a set without ties): a small smoothed probability
         floor=absent_probability(len(y)) if len(classes) < N_CLASSES else 0.0,
     )
-
-
-INNER_CV = ("random", "folds", "both")
 
 
 def _split_labels(
