@@ -28,7 +28,7 @@ DISTILL_FOLD_ARG = $(if $(FOLD),stages.distill.folds=$(FOLD))
 .PHONY: help setup test test-slow test-all lint format demo pipeline demo-data data tiny-models tokenize \
 	pretrain train-teacher dump-logits pseudo-label distill full merge quantize predict predict-holdout baselines report plan kaggle-package clean \
 	test-gpu test-kill \
-	bench bench-gpu
+	bench bench-gpu gpu-carry gpu-check
 
 help:
 	@echo "make setup      create $(VENV) and install the package with the dev extra"
@@ -53,7 +53,9 @@ help:
 	@echo "make bench      predict / training engines vs naive, limit and bare loops (CPU or GPU; bench/*.json)"
 	@echo "                [BENCH_ARGS=\"--quick | --rows N --models a,b --override key=value\"]"
 	@echo "make bench-gpu  full-size random-init shapes on one GPU through the engines (< 6 min; bench/gpu.json)"
-	@echo "                [BENCH_GPU_ARGS=\"--dry-run | --points a,b --extra key=value\"]"
+	@echo "                [BENCH_GPU_ARGS=\"--dry-run | --preset levers | --points a,b --extra key=value\"]"
+	@echo "make gpu-carry  .carry/: the wheels a GPU machine without a package index lacks (scripts/gpu_device.sh runs there)"
+	@echo "make gpu-check  scripts/gpu_device.sh here at tiny shapes, cut to that machine's packages"
 
 setup: $(STAMP)
 
@@ -233,3 +235,14 @@ bench: setup
 BENCH_GPU_ARGS ?=
 bench-gpu: setup
 	$(PY) scripts/bench_gpu.py $(BENCH_GPU_ARGS)
+
+# A GPU machine with no package index (e.g. a lent H200): .carry/ holds the wheels its image
+# lacks and the real length mix; there `bash scripts/gpu_device.sh` runs bench-gpu, the levers
+# grid and test-gpu in one command (< 10 min). gpu-check runs that command here at tiny shapes,
+# in this environment cut to the image's packages (scripts/gpu_carry.py).
+gpu-carry: setup
+	$(PY) scripts/gpu_carry.py
+
+gpu-check: gpu-carry
+	rm -rf bench/device-check
+	OUT=bench/device-check DRY_RUN=1 $(PY) scripts/gpu_carry.py --check --wheels -- bash scripts/gpu_device.sh

@@ -5,6 +5,7 @@
     python scripts/bench_gpu.py --points gemma2_9b/flex/gc/b8,llama3_70b/sdpa/gc/b4
     python scripts/bench_gpu.py --extra model.torch_compile=true     # one more override everywhere
     python scripts/bench_gpu.py --grid my_grid.json      # a JSON list of points (fields below)
+    python scripts/bench_gpu.py --preset levers          # Gemma-2-9B training with each speed flag
 
 No download: each model is a random-init classifier built by ``models.factory.build_model``
 (``architecture=``) from the facts shipped in ``planner.ARCHITECTURES``: Gemma-2-9B whole,
@@ -17,6 +18,9 @@ gradient checkpointing, micro-batch, dtype, plus any Hydra overrides):
   tokens per step: tokens/s after the warm-up steps, MFU (model FLOPs: ``planner.Architecture``
   forward FLOPs × 2 with LoRA (no weight gradients), × 3 for a full fine-tune; recomputation of
   checkpointing not counted) against the device's dense bf16 peak, peak memory;
+  with ``--profile``, one more step under ``torch.profiler`` (not timed): the GPU's busy share
+  of the step and its kernel time by kind (matmul, attention, copy/cast, ...) and the top
+  kernels (``benchmark.summarise_profile``);
 * prediction through ``inference.predict_logits`` on a length mix (``--lengths`` JSON, else a
   fixed log-normal mix: median 500 tokens, capped at 2000), beside the naive loop and the
   unpadded limit (``benchmark.compare_inference``): tokens/s, MFU, padding, peak memory.
@@ -24,7 +28,7 @@ gradient checkpointing, micro-batch, dtype, plus any Hydra overrides):
 Every point runs in its own subprocess with a timeout, so an out-of-memory or a crash is
 recorded for that point and the grid goes on; a point that would start after ``--budget-s``
 is skipped (listed as such); a point's own ``timeout_s`` replaces ``--point-timeout-s``. Results: ``<out-dir>/gpu.json`` (``--out``), one log per point in
-``<out-dir>/gpu_logs/``.
+``<out-dir>/gpu_logs/`` (``<stem>_logs/`` beside any other ``--out``).
 """
 
 from __future__ import annotations
@@ -90,6 +94,31 @@ def point(
 
 def default_grid() -> list[dict]:
     return [point(m, a, g, b, train=t, predict=p, layers=n) for m, a, g, b, t, p, n in _GRID]
+
+
+# The levers toward the MFU goal, one at a time and together, on the Gemma-2-9B student's
+# training at the largest micro-batch the H200 probe fitted without checkpointing (training only)
+_LEVERS = [
+    ("", []),
+    ("lora-dropout0", ["model.lora.dropout=0"]),  # peft then skips the 7 dropout copies a layer
+    ("liger", ["model.liger_kernel=true"]),
+    ("compile", ["model.torch_compile=true"]),
+    (
+        "all",
+        ["model.lora.dropout=0", "model.liger_kernel=true", "model.torch_compile=true"],
+    ),
+]
+
+
+def levers_grid() -> list[dict]:
+    base = point("gemma2_9b", "flex_attention", False, 4, predict=False)
+    return [
+        {**base, "name": base["name"] + (f"+{tag}" if tag else ""), "overrides": list(ov)}
+        for tag, ov in _LEVERS
+    ]
+
+
+PRESETS = {"default": default_grid, "levers": levers_grid}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,6 +263,7 @@ def run_point(p: dict, opts: dict) -> dict:
                     repeats=1,
                     run_bare=bool(opts["bare"]),
                     gradient_checkpointing=cfg.model.gradient_checkpointing,
+                    profile=bool(opts.get("profile")),
                 )
             tps = tr["tokens_per_s"]["engine"]
             lora = cfg.model.get("lora") is not None
@@ -303,7 +333,7 @@ def run_point(p: dict, opts: dict) -> dict:
 
 
 def run_grid(points: list[dict], opts: dict, out: Path) -> dict:
-    log_dir = out.parent / "gpu_logs"
+    log_dir = out.parent / f"{out.stem}_logs"  # gpu.json: gpu_logs/
     log_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results = []
@@ -362,6 +392,10 @@ def summary_line(res: dict) -> str:
         mfu = r["mfu"]["engine"] if part == "inference" and r.get("mfu") else r.get("mfu")
         mfu_s = f", MFU {mfu:.1%}" if isinstance(mfu, float) else ""
         mem = f", {r['peak_gb']} GB" if r.get("peak_gb") is not None else ""
+        prof = r.get("profile") or {}
+        if prof.get("busy_share") is not None:
+            kind, top = next(iter(prof["by_kind"].items()), ("-", {"share_of_busy": 0}))
+            mem += f", busy {prof['busy_share']:.0%} ({kind} {top['share_of_busy']:.0%})"
         parts.append(f"{part} {tps:,.0f} tok/s{mfu_s}{mem}")
     if res.get("error") and not parts:
         parts.append(res["error"].splitlines()[0][:120])
@@ -371,13 +405,25 @@ def summary_line(res: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU")
-    ap.add_argument("--grid", type=Path, help="JSON list of points (default: the built-in grid)")
+    ap.add_argument("--grid", type=Path, help="JSON list of points (default: --preset's)")
+    ap.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="default",
+        help="built-in grid: default (kernels, checkpointing, micro-batch, the teachers' "
+        "shapes) or levers (Gemma-2-9B training with each speed flag)",
+    )
     ap.add_argument("--points", help="only these point names, comma-separated")
     ap.add_argument("--extra", action="append", default=[], help="Hydra override for every point")
     ap.add_argument("--train-length", type=int, default=1024)
     ap.add_argument("--train-steps", type=int, default=6)
     ap.add_argument("--train-warmup", type=int, default=2)
     ap.add_argument("--bare", action="store_true", help="also the bare torch loop (slower)")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="one more training step under torch.profiler: where its time goes (not timed)",
+    )
     ap.add_argument("--predict-rows", type=int, default=96)
     ap.add_argument("--predict-batch", type=int, help="default: stages.predict.batch_size")
     ap.add_argument("--predict-max-tokens", type=int, help="default: the predict stage's")
@@ -398,7 +444,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         result = run_point(job["point"], job["opts"])
         args.result.write_text(json.dumps(result, indent=2, default=str) + "\n")
         return None
-    points = json.loads(args.grid.read_text()) if args.grid else default_grid()
+    points = json.loads(args.grid.read_text()) if args.grid else PRESETS[args.preset]()
     if args.points:
         wanted = args.points.split(",")
         unknown = sorted(set(wanted) - {p["name"] for p in points})
@@ -412,6 +458,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "train_steps": args.train_steps,
         "train_warmup": args.train_warmup,
         "bare": args.bare,
+        "profile": args.profile,
         "predict_rows": args.predict_rows,
         "predict_batch": args.predict_batch,
         "predict_max_tokens": args.predict_max_tokens,

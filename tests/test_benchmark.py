@@ -23,6 +23,48 @@ from arena_distill.inference import make_batches
 from tests.conftest import REPO_ROOT
 
 
+def test_summarise_profile_counts_the_gpus_own_work_by_kind():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from arena_distill.benchmark import profile_kind, summarise_profile
+
+    def evt(key, device, device_us, cpu_us, count=1):
+        return SimpleNamespace(
+            key=key,
+            device_type=device,
+            self_device_time_total=device_us,
+            self_cpu_time_total=cpu_us,
+            count=count,
+        )
+
+    events = [
+        evt("sm90_xmma_gemm_bf16bf16_bf16f32", DeviceType.CUDA, 600_000, 0, 84),
+        evt("nvjet_tst_128x256_64x4", DeviceType.CUDA, 100_000, 0, 10),
+        evt("flash_fwd_kernel", DeviceType.CUDA, 50_000, 0, 42),
+        evt("void at::native::vectorized_elementwise_kernel<4, ...>", DeviceType.CUDA, 150_000, 0),
+        evt("Memcpy DtoD (Device -> Device)", DeviceType.CUDA, 20_000, 0),
+        evt("aten::mm", DeviceType.CPU, 700_000, 30_000, 94),  # host op: not the GPU's work
+    ]
+    out = summarise_profile(events, step_s=1.6, device="cuda", top=3)
+    assert out["what"] == "GPU kernels (device time)"
+    assert out["busy_s"] == pytest.approx(0.92) and out["busy_share"] == pytest.approx(0.575)
+    assert out["by_kind"]["matmul"]["s"] == pytest.approx(0.7)
+    assert out["by_kind"]["matmul"]["share_of_busy"] == pytest.approx(0.7 / 0.92, abs=1e-4)
+    assert list(out["by_kind"])[0] == "matmul"  # largest first
+    assert {k: v["s"] for k, v in out["by_kind"].items()} == pytest.approx(
+        {"matmul": 0.7, "elementwise/other": 0.15, "attention": 0.05, "copy/cast": 0.02}
+    )
+    assert [t["name"][:10] for t in out["top"]] == ["sm90_xmma_", "void at::n", "nvjet_tst_"]
+    on_cpu = summarise_profile(events, step_s=0.1, device="cpu")
+    assert on_cpu["busy_s"] == pytest.approx(0.03) and list(on_cpu["by_kind"]) == ["matmul"]
+    assert profile_kind("MmBackward0") == "autograd (host)"
+    assert profile_kind("aten::bernoulli_") == "dropout"
+    assert profile_kind("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0") == "norm"
+    assert profile_kind("void at::native::direct_copy_kernel_cuda") == "copy/cast"
+
+
 def test_limit_shapes_keep_rows_and_real_tokens_without_padding():
     lengths = [10, 3, 7, 7, 2, 9]
     batches = make_batches(lengths, batch_size=2, max_tokens=100)
@@ -178,6 +220,7 @@ def test_bench_gpu_dry_run_records_each_point_and_survives_a_failed_one(tmp_path
         sys.executable,
         str(REPO_ROOT / "scripts" / "bench_gpu.py"),
         "--dry-run",
+        "--profile",
         "--grid",
         str(tmp_path / "grid.json"),
         "--out",
@@ -190,7 +233,11 @@ def test_bench_gpu_dry_run_records_each_point_and_survives_a_failed_one(tmp_path
     ok, killed = doc["points"]
     assert ok["returncode"] == 0 and ok["full_layers"] == 42 and ok["layers"] == 2
     train, inf = ok["training"], ok["inference"]
+    # same_batches: the engine also trained the extra, profiled step (its token count agrees)
     assert train["tokens_per_s"]["engine"] > 0 and train["same_batches"]
+    prof = train["profile"]
+    assert prof["what"] == "CPU operators (self time)" and 0 < prof["busy_s"] <= prof["step_s"]
+    assert "matmul" in prof["by_kind"] and prof["top"][0]["s"] > 0
     assert train["model_flops_factor"] == 2.0  # LoRA: no weight gradients
     assert train["projected_tokens_per_s"] == pytest.approx(
         train["tokens_per_s"]["engine"] * 2 / 42, rel=1e-3

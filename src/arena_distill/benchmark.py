@@ -21,6 +21,10 @@ optimiser (AdamW with the engine's options), gradient clipping, accumulation and
 Throughput is real (non-pad) tokens per second between the end of the warm-up steps and the
 end of the last step (setup and the final checkpoint excluded).
 
+With ``profile``, the engine's first run trains one step more and :func:`profile_callback`
+records that step with ``torch.profiler`` (outside the timed steps): where the step's time goes
+(:func:`summarise_profile`: the GPU's kernels on CUDA, the host's operators on the CPU).
+
 Every comparison runs ``repeats`` times, the methods interleaved (a load spike hits all of
 them), and reports the medians, and the ratios of the fastest passes (``best_*``: on a shared
 machine load only adds time); the machine's load average goes into the result.
@@ -31,6 +35,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -282,6 +287,115 @@ def step_timer_callback(device: str | torch.device, *, skip_saves: bool = True):
     return StepTimer()
 
 
+# Kinds of work in a profiled step, by kernel name on CUDA or operator name on the CPU; the
+# first pattern that matches wins (a heuristic: the raw names are in the summary's ``top``).
+PROFILE_KINDS: tuple[tuple[str, re.Pattern], ...] = (
+    ("autograd (host)", re.compile(r"Backward\d*$|^autograd::")),  # the engine's own CPU time
+    (
+        "matmul",
+        re.compile(r"gemm|cutlass|xmma|nvjet|cublas|aten::(mm|addmm|bmm|matmul|linear)\b", re.I),
+    ),
+    ("attention", re.compile(r"flash|fmha|attention|flex|triton_tem|softmax|_scaled_dot", re.I)),
+    ("optimizer", re.compile(r"multi_tensor|adam|foreach", re.I)),
+    ("dropout", re.compile(r"dropout|bernoulli", re.I)),
+    ("norm", re.compile(r"norm|rsqrt", re.I)),  # also a compiled RMSNorm (triton_..._rsqrt_0)
+    ("copy/cast", re.compile(r"memcpy|memset|copy|cast|aten::(to|_to_copy|clone)\b", re.I)),
+)
+
+
+def profile_kind(name: str) -> str:
+    for kind, pattern in PROFILE_KINDS:
+        if pattern.search(name):
+            return kind
+    return "elementwise/other"
+
+
+def summarise_profile(events, step_s: float, device: str | torch.device, top: int = 25) -> dict:
+    """Where a profiled step's time went. ``events``: ``profiler.key_averages()``. On CUDA the
+    GPU's own work (kernels, copies, memsets: the events whose device is CUDA, by their device
+    time), so ``busy_share`` = kernel time / step wall time and the rest is the GPU waiting on
+    the host (launches, Python, syncs); on the CPU the operators' self CPU time. ``by_kind``:
+    seconds per :data:`PROFILE_KINDS` kind; ``top``: the ``top`` largest names."""
+    from torch.autograd import DeviceType
+
+    cuda = torch.device(device).type == "cuda"
+    rows = []
+    for evt in events:
+        if cuda:
+            if evt.device_type != DeviceType.CUDA:
+                continue
+            us = getattr(evt, "self_device_time_total", None)
+            if us is None:
+                us = evt.self_cuda_time_total
+        else:
+            us = evt.self_cpu_time_total
+        if us > 0:
+            rows.append((evt.key, us / 1e6, int(evt.count)))
+    busy = sum(r[1] for r in rows)
+    by_kind: dict[str, float] = {}
+    for name, sec, _ in rows:
+        kind = profile_kind(name)
+        by_kind[kind] = by_kind.get(kind, 0.0) + sec
+    rows.sort(key=lambda r: -r[1])
+    return {
+        "what": "GPU kernels (device time)" if cuda else "CPU operators (self time)",
+        "step_s": round(step_s, 4),
+        "busy_s": round(busy, 4),
+        "busy_share": round(busy / step_s, 4) if step_s > 0 else None,
+        "by_kind": {
+            k: {"s": round(v, 4), "share_of_busy": round(v / busy, 4) if busy else None}
+            for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])
+        },
+        "top": [
+            {"name": n[:160], "s": round(sec, 5), "calls": c, "kind": profile_kind(n)}
+            for n, sec, c in rows[:top]
+        ],
+    }
+
+
+def profile_callback(device: str | torch.device, step: int, top: int = 25):
+    """A ``TrainerCallback`` that runs ``torch.profiler`` over optimiser step ``step`` (1-based:
+    from that step's begin to its end, device-synced) and keeps :func:`summarise_profile` of it
+    in ``.summary`` (``{"error": ...}`` when the profiler fails: a benchmark goes on)."""
+    from transformers import TrainerCallback
+
+    cuda = torch.device(device).type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+
+    class StepProfiler(TrainerCallback):
+        def __init__(self) -> None:
+            self.summary: dict | None = None
+            self._prof = None
+            self._t0 = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step + 1 != step or self._prof is not None:
+                return
+            try:
+                sync(device)
+                self._prof = torch.profiler.profile(activities=activities)
+                self._prof.__enter__()
+                self._t0 = time.perf_counter()
+            except Exception as exc:  # noqa: BLE001 (recorded; the timing goes on)
+                self._prof, self.summary = None, {"error": f"{type(exc).__name__}: {exc}"}
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self._prof is None or self.summary is not None:
+                return
+            try:
+                sync(device)
+                step_s = time.perf_counter() - self._t0
+                self._prof.__exit__(None, None, None)
+                self.summary = summarise_profile(self._prof.key_averages(), step_s, device, top)
+            except Exception as exc:  # noqa: BLE001
+                self.summary = {"error": f"{type(exc).__name__}: {exc}"}
+            self._prof = None
+
+    return StepProfiler()
+
+
 def engine_batches(examples: Sequence[dict], args, *, steps: int) -> list[list[list[int]]]:
     """The example indices of each micro-batch of each of the first ``steps`` optimiser steps,
     as the engine's Trainer draws them (``train.EpochSeededLengthGroupedSampler`` when grouping
@@ -377,13 +491,17 @@ def compare_training(
     repeats: int = 2,
     run_bare: bool = True,
     gradient_checkpointing: bool | str = False,
+    profile: bool = False,
 ) -> dict[str, Any]:
     """``train.fit`` vs :func:`bare_loop`, ``settings.max_steps`` optimiser steps each.
 
     ``build()`` returns a fresh model (the same init every call: seed inside) and the pad id.
     The engine runs without evaluation; its checkpoints are cancelled (timing callback).
     ``gradient_checkpointing``: the model setting, handed to ``fit`` (``auto`` is decided there
-    from the device's memory; ``same_batches`` then says whether it kept the micro-batch)."""
+    from the device's memory; ``same_batches`` then says whether it kept the micro-batch).
+    ``profile``: the first engine run trains one step more, profiled and not timed
+    (``profile`` in the result: :func:`summarise_profile`)."""
+    import dataclasses
     from types import SimpleNamespace
 
     from arena_distill.train import fit, training_arguments
@@ -393,32 +511,42 @@ def compare_training(
         raise ValueError(f"max_steps ({steps}) must exceed warmup_steps ({warmup_steps})")
     work_dir = Path(work_dir)
     args = training_arguments(settings, work_dir, has_eval=False)
-    plan = engine_batches(examples, args, steps=steps)
+    plan = engine_batches(examples, args, steps=steps + int(profile))
     engine_runs: list[dict] = []
     bare_runs: list[dict] = []
+    profiled: dict | None = None
     for rep in range(max(1, repeats)):
         model, pad = build()
         collator = PreferenceCollator(pad_token_id=pad)
         step_batches = [[collator([examples[i] for i in micro]) for micro in st] for st in plan]
-        step_tokens = [int(sum(int(m["attention_mask"].sum()) for m in st)) for st in step_batches]
+        all_tokens = [int(sum(int(m["attention_mask"].sum()) for m in st)) for st in step_batches]
+        step_batches, step_tokens = step_batches[:steps], all_tokens[:steps]
         padded = sum(int(m["attention_mask"].numel()) for st in step_batches for m in st)
         timer = step_timer_callback(device)
+        callbacks = [timer]
+        run_settings, trained = settings, step_tokens
+        if profile and rep == 0:  # one more step, profiled, after the timed ones
+            profiler = profile_callback(device, steps + 1)
+            callbacks.append(profiler)
+            run_settings, trained = dataclasses.replace(settings, max_steps=steps + 1), all_tokens
         result = fit(
             model,
             SimpleNamespace(pad_token_id=pad),
             list(examples),
             None,
-            settings,
+            run_settings,
             work_dir / f"engine_{rep}",
-            callbacks=[timer],
+            callbacks=callbacks,
             gradient_checkpointing=gradient_checkpointing,
         )
+        if profile and rep == 0:
+            profiled = profiler.summary or {"error": "the profiled step did not run"}
         engine_runs.append(
             {
-                "tokens_per_s": steady_rate(timer.times, step_tokens, warmup_steps),
+                "tokens_per_s": steady_rate(timer.times[: steps + 1], step_tokens, warmup_steps),
                 "steps": result.trainer.state.global_step,
                 # the engine trained on exactly these batches (its own token count agrees)
-                "same_batches": result.trained_tokens == sum(step_tokens),
+                "same_batches": result.trained_tokens == sum(trained),
                 "padding_share": result.padding_share,
             }
         )
@@ -449,6 +577,8 @@ def compare_training(
         "tokens_per_s": {"engine": round(engine_tps, 1)},
         "runs": {"engine": [round(r["tokens_per_s"], 1) for r in engine_runs]},
     }
+    if profile:
+        out["profile"] = profiled
     if bare_runs:
         bare_tps = median([r["tokens_per_s"] for r in bare_runs])
         out["tokens_per_s"]["bare"] = round(bare_tps, 1)

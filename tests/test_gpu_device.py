@@ -1,0 +1,126 @@
+"""A GPU machine without a package index: scripts/gpu_carry.py (what to bring, the cut
+environment that stands in for the machine's image) and scripts/gpu_device.sh (the one command
+run there), exercised here at tiny shapes; bench_gpu.py's levers preset."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from arena_distill.config import compose
+from tests.conftest import REPO_ROOT
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_carry = _load("gpu_carry")
+bench_gpu = _load("bench_gpu")
+
+
+def test_carry_covers_what_the_project_needs_and_the_image_lacks():
+    carried = {gpu_carry.normalise(n) for n in gpu_carry.CARRY}
+    assert {"hydra-core", "omegaconf", "antlr4-python3-runtime"} <= carried - gpu_carry.IMAGE
+    assert {"torch", "transformers", "accelerate", "pandas", "pip"} <= gpu_carry.IMAGE
+    pins = gpu_carry.pins()
+    assert set(pins) == set(gpu_carry.CARRY) and all(pins.values())
+    assert gpu_carry.normalise("Hydra_Core") == "hydra-core"
+
+
+def test_owners_maps_site_packages_entries_to_their_distribution():
+    owner = gpu_carry.owners(gpu_carry.site_packages())
+    assert owner["torch"] == "torch"
+    assert owner["omegaconf"] == "omegaconf"
+    assert owner["hydra"] == "hydra-core"
+
+
+def _run_cut(args: list[str], env: dict | None = None, timeout: int = 300):
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "gpu_carry.py"), "--check", "--", *args]
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_the_cut_environment_has_the_image_and_the_carried_packages_only():
+    probe = (
+        "import importlib.util as u, arena_distill;"
+        "print(arena_distill.__file__);"
+        "print(*[m for m in ('torch', 'hydra', 'peft', 'datasets', 'gptqmodel', 'bitsandbytes',"
+        " 'nbformat') if u.find_spec(m) is None])"
+    )
+    done = _run_cut(["python3", "-c", probe])
+    assert done.returncode == 0, done.stderr[-3000:]
+    where, missing = done.stdout.splitlines()[-2:]
+    assert where == str(REPO_ROOT / "src" / "arena_distill" / "__init__.py")  # from src/
+    assert missing.split() == ["datasets", "gptqmodel", "bitsandbytes", "nbformat"]
+
+
+def test_gpu_device_sh_runs_its_parts_in_the_cut_environment(tmp_path):
+    """The machine's command at tiny shapes (DRY_RUN=1) where only the image's packages and
+    the carried ones import: preflight, one bench point, the GPU tests; every file back."""
+    out = tmp_path / "out"
+    done = _run_cut(
+        ["bash", "scripts/gpu_device.sh", "bench,test"],
+        env={
+            "OUT": str(out),
+            "DRY_RUN": "1",
+            "BENCH_GPU_ARGS": "--points llama3_70b/sdpa/gc/b4",
+        },
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "device.log",
+        "env.json",
+        "gpu.json",
+        "logs.tgz",
+        "test_gpu.log",
+    ]
+    env = json.loads((out / "env.json").read_text())
+    assert env["cuda"] is False and env["gemma2_attention"] == "eager"
+    assert env["versions"]["hydra-core"] and env["versions"]["gptqmodel"] is None
+    doc = json.loads((out / "gpu.json").read_text())
+    assert doc["meta"]["dry_run"] is True
+    (res,) = doc["points"]
+    assert res["returncode"] == 0 and res["training"]["tokens_per_s"]["engine"] > 0
+    assert "skipped" in (out / "test_gpu.log").read_text()  # no CUDA here: every GPU test skips
+    with tarfile.open(out / "logs.tgz") as tar:
+        assert any(n.endswith("00_llama3_70b_sdpa_gc_b4.log") for n in tar.getnames())
+    assert "done (status 0)" in (out / "device.log").read_text()
+
+
+def test_gpu_device_sh_stops_at_the_preflight_without_cuda(tmp_path):
+    out = tmp_path / "out"
+    done = _run_cut(["bash", "scripts/gpu_device.sh", "bench"], env={"OUT": str(out)})
+    assert done.returncode == 3
+    assert "preflight failed" in (out / "device.log").read_text()
+    assert not (out / "gpu.json").exists()
+
+
+def test_levers_preset_points_are_named_apart_and_compose():
+    points = bench_gpu.PRESETS["levers"]()
+    names = [p["name"] for p in points]
+    assert len(set(names)) == len(names) == 5
+    assert names[0] == "gemma2_9b/flex/nogc/b4"
+    for p in points:
+        assert p["train"] and not p["predict"]
+        cfg = compose([f"model={p['model']}", *p["overrides"]])  # the strict config accepts them
+        if "+all" in p["name"]:
+            assert cfg.model.liger_kernel and cfg.model.torch_compile
+            assert cfg.model.lora.dropout == 0
+    with pytest.raises(Exception, match="liger_kernl|not read|unknown"):
+        compose(["model=gemma2_9b", "+model.liger_kernl=true"])
