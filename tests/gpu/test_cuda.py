@@ -110,8 +110,7 @@ def test_qlora_nf4_trains_on_cuda_with_evaluation_between_steps(tiny):
     """nf4 + double quant on the GPU: the 4-bit layers live on the GPU, evaluation between
     steps is allowed there (on the CPU it corrupts the LoRA gradients, STACK.md), every LoRA B
     matrix moves and the losses are finite."""
-    import bitsandbytes as bnb
-
+    bnb = pytest.importorskip("bitsandbytes")
     root, cfg = tiny
     mcfg = OmegaConf.merge(
         cfg.model,
