@@ -93,7 +93,23 @@ def point(
 
 
 def default_grid() -> list[dict]:
-    return [point(m, a, g, b, train=t, predict=p, layers=n) for m, a, g, b, t, p, n in _GRID]
+    grid = [point(m, a, g, b, train=t, predict=p, layers=n) for m, a, g, b, t, p, n in _GRID]
+    # flex_attention prediction without length buckets: does the kernel go dynamic after a few
+    # shapes (as inductor's CPU flex did for a tiny Gemma-2: 3 compiles over 16 random batch /
+    # length shapes, then none) or recompile per shape (as the H200 probe saw with padding
+    # masks)? Buckets cost padding
+    # (11.2% vs 3.6% on the real mix), so this point decides whether gemma2_9b needs them.
+    nobuckets = point(
+        "gemma2_9b",
+        "flex_attention",
+        True,
+        8,
+        train=False,
+        overrides=["model.length_buckets=null"],
+        name="gemma2_9b/flex/b8/no-buckets",
+    )
+    grid.insert(2, nobuckets)
+    return grid
 
 
 # The levers toward the MFU goal, one at a time and together, on the Gemma-2-9B student's
@@ -231,6 +247,12 @@ def run_point(p: dict, opts: dict, save=None) -> dict:
     def peak_gb() -> float | None:
         return round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
 
+    def graphs() -> int:
+        """torch.compile graphs made so far in this process (flex_attention, torch_compile)."""
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+
     def reset() -> None:
         if cuda:
             torch.cuda.empty_cache()
@@ -238,7 +260,7 @@ def run_point(p: dict, opts: dict, save=None) -> dict:
 
     if p.get("train", True):
         reset()
-        t0 = time.perf_counter()
+        t0, g0 = time.perf_counter(), graphs()
         try:
             settings = config.stage(cfg, "teacher")
             rng = np.random.default_rng(0)
@@ -281,6 +303,7 @@ def run_point(p: dict, opts: dict, save=None) -> dict:
                 projected_tokens_per_s=round(tps * scale, 1),
                 peak_gb=peak_gb(),
                 wall_s=round(time.perf_counter() - t0, 1),
+                compiled_graphs=graphs() - g0,
             )
             result["training"] = tr
         except Exception as exc:  # noqa: BLE001 (recorded; the next part still runs)
@@ -293,7 +316,7 @@ def run_point(p: dict, opts: dict, save=None) -> dict:
         save(result)
     if p.get("predict", True):
         reset()
-        t0 = time.perf_counter()
+        t0, g0 = time.perf_counter(), graphs()
         try:
             torch.manual_seed(0)
             model, _ = build_model(cfg.model, device=device, train=False, architecture=arch_cfg)
@@ -319,7 +342,11 @@ def run_point(p: dict, opts: dict, save=None) -> dict:
             inf["projected_tokens_per_s"] = {
                 m: round(v * scale, 1) for m, v in inf["tokens_per_s"].items()
             }
-            inf.update(peak_gb=peak_gb(), wall_s=round(time.perf_counter() - t0, 1))
+            inf.update(
+                peak_gb=peak_gb(),
+                wall_s=round(time.perf_counter() - t0, 1),
+                compiled_graphs=graphs() - g0,  # engine, naive and limit shapes together
+            )
             result["inference"] = inf
             del model
         except Exception as exc:  # noqa: BLE001

@@ -7,9 +7,9 @@
 #
 # Parts, each under its own time limit (seconds; environment overrides):
 #   preflight  always: versions, the GPU, the attention Gemma-2 gets -> env.json; stops without CUDA
-#   bench      BENCH_S=270   scripts/bench_gpu.py --profile, the default grid -> gpu.json
-#   levers     LEVERS_S=170  scripts/bench_gpu.py --preset levers --profile  -> levers.json
-#   test       TEST_S=100    pytest -m gpu                                   -> test_gpu.log
+#   bench      BENCH_S=300   scripts/bench_gpu.py --profile, the default grid -> gpu.json
+#   levers     LEVERS_S=150  scripts/bench_gpu.py --preset levers --profile  -> levers.json
+#   test       TEST_S=90     pytest -m gpu                                   -> test_gpu.log
 # Results in $OUT (the device tool's folder; default bench/device): the files above, the point
 # logs as logs.tgz, and this script's own output as device.log. The default parts fit in
 # ~9.5 minutes: call it with a 600 s limit. BENCH_GPU_ARGS adds options to both bench parts;
@@ -17,9 +17,9 @@
 set -u -o pipefail
 OUT=${OUT:-bench/device}
 PARTS=",${1:-bench,levers,test},"
-BENCH_S=${BENCH_S:-270}
-LEVERS_S=${LEVERS_S:-170}
-TEST_S=${TEST_S:-100}
+BENCH_S=${BENCH_S:-300}
+LEVERS_S=${LEVERS_S:-150}
+TEST_S=${TEST_S:-90}
 BENCH_GPU_ARGS=${BENCH_GPU_ARGS:-}
 DRY_RUN=${DRY_RUN:-0}
 [ "$DRY_RUN" = 1 ] && BENCH_GPU_ARGS="--dry-run $BENCH_GPU_ARGS"
