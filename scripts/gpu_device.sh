@@ -26,24 +26,24 @@ DRY_RUN=${DRY_RUN:-0}
 export DRY_RUN
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/gpu-device.XXXXXX)
-exec > >(tee "$OUT/device.log") 2>&1
 log() { echo "[gpu-device] $(date -u +%H:%M:%S) $*"; }
 
-if compgen -G ".carry/wheels/*.whl" > /dev/null; then
-    log "installing $(ls .carry/wheels/*.whl | wc -l) carried wheels"
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target "$WORK/site" .carry/wheels/*.whl || { log "wheel install failed"; exit 2; }
-    export PYTHONPATH="$WORK/site"
-else
-    log "no .carry/wheels (make gpu-carry): using what the image has"
-fi
-export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1
-LENGTHS=()
-[ -f .carry/lengths.json ] && LENGTHS=(--lengths .carry/lengths.json)
+main() {
+    if compgen -G ".carry/wheels/*.whl" > /dev/null; then
+        log "installing $(ls .carry/wheels/*.whl | wc -l) carried wheels"
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$WORK/site" .carry/wheels/*.whl || { log "wheel install failed"; exit 2; }
+        export PYTHONPATH="$WORK/site"
+    else
+        log "no .carry/wheels (make gpu-carry): using what the image has"
+    fi
+    export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1
+    LENGTHS=()
+    [ -f .carry/lengths.json ] && LENGTHS=(--lengths .carry/lengths.json)
 
-log "preflight"
-timeout 120 python3 - "$OUT/env.json" <<'EOF' || { log "preflight failed: no CUDA or a missing package"; exit 3; }
+    log "preflight"
+    timeout 120 python3 - "$OUT/env.json" <<'EOF' || { log "preflight failed: no CUDA or a missing package"; exit 3; }
 import json, os, sys
 from importlib import metadata
 
@@ -77,26 +77,31 @@ print(json.dumps(doc, default=str))
 sys.exit(0 if cuda or os.environ.get("DRY_RUN") == "1" else 1)
 EOF
 
-status=0
-if [[ $PARTS == *,bench,* ]]; then
-    log "bench: the default grid, budget ${BENCH_S} s"
-    timeout $((BENCH_S + 60)) python3 scripts/bench_gpu.py --budget-s "$BENCH_S" --profile \
-        --out "$WORK/gpu.json" "${LENGTHS[@]}" $BENCH_GPU_ARGS || status=1
-    cp "$WORK/gpu.json" "$OUT/" 2> /dev/null
-fi
-if [[ $PARTS == *,levers,* ]]; then
-    log "levers: Gemma-2-9B training with each speed flag, budget ${LEVERS_S} s"
-    timeout $((LEVERS_S + 60)) python3 scripts/bench_gpu.py --preset levers --profile \
-        --budget-s "$LEVERS_S" --out "$WORK/levers.json" $BENCH_GPU_ARGS || status=1
-    cp "$WORK/levers.json" "$OUT/" 2> /dev/null
-fi
-if [[ $PARTS == *,test,* ]]; then
-    log "test: pytest -m gpu, limit ${TEST_S} s"
-    timeout "$TEST_S" python3 -m pytest -m gpu -q -p no:cacheprovider > "$OUT/test_gpu.log" 2>&1 || status=1
-    tail -n 15 "$OUT/test_gpu.log"
-fi
-if compgen -G "$WORK/*_logs" > /dev/null; then
-    tar czf "$OUT/logs.tgz" -C "$WORK" $(cd "$WORK" && ls -d ./*_logs)
-fi
-log "done (status $status): $(cd "$OUT" && ls | tr '\n' ' ')"
-exit $status
+    status=0
+    if [[ $PARTS == *,bench,* ]]; then
+        log "bench: the default grid, budget ${BENCH_S} s"
+        timeout $((BENCH_S + 60)) python3 scripts/bench_gpu.py --budget-s "$BENCH_S" --profile \
+            --out "$WORK/gpu.json" "${LENGTHS[@]}" $BENCH_GPU_ARGS || status=1
+        cp "$WORK/gpu.json" "$OUT/" 2> /dev/null
+    fi
+    if [[ $PARTS == *,levers,* ]]; then
+        log "levers: Gemma-2-9B training with each speed flag, budget ${LEVERS_S} s"
+        timeout $((LEVERS_S + 60)) python3 scripts/bench_gpu.py --preset levers --profile \
+            --budget-s "$LEVERS_S" --out "$WORK/levers.json" $BENCH_GPU_ARGS || status=1
+        cp "$WORK/levers.json" "$OUT/" 2> /dev/null
+    fi
+    if [[ $PARTS == *,test,* ]]; then
+        log "test: pytest -m gpu, limit ${TEST_S} s"
+        timeout "$TEST_S" python3 -m pytest -m gpu -q -p no:cacheprovider > "$OUT/test_gpu.log" 2>&1 || status=1
+        tail -n 15 "$OUT/test_gpu.log"
+    fi
+    if compgen -G "$WORK/*_logs" > /dev/null; then
+        tar czf "$OUT/logs.tgz" -C "$WORK" $(cd "$WORK" && ls -d ./*_logs)
+    fi
+    log "done (status $status): $(cd "$OUT" && ls | tr '\n' ' ')"
+    exit $status
+}
+
+# the whole output also in device.log, complete when this script returns
+main 2>&1 | tee "$OUT/device.log"
+exit "${PIPESTATUS[0]}"
