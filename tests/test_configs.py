@@ -129,6 +129,11 @@ def test_first_place_has_the_recipe_numbers():
         1.0,
     )
     assert s["teacher"]["betas"] == [0.9, 0.95] and s["teacher"]["warmup_steps"] == 100
+    # the micro-batch from the GPU's memory (models.memory), not the stage default of 1 (the
+    # full stage trains with the distill settings)
+    recipe = compose(["experiment=first_place"])
+    for name in ("pretrain", "teacher", "distill"):
+        assert settings.stage(recipe, name).per_device_batch_size == "auto"
     assert s["teacher"]["seed"] == 1234
     assert s["merge"]["method"] == "ab_mean"
     q = s["quantize"]
