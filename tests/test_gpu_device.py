@@ -137,3 +137,17 @@ def test_a_point_saves_its_training_figures_before_it_predicts():
     assert len(saved) == 1  # after training; the caller saves the whole result at the end
     assert saved[0]["training"]["tokens_per_s"]["engine"] > 0 and "inference" not in saved[0]
     assert result["inference"]["tokens_per_s"]["engine"] > 0
+
+
+def test_the_shipped_settings_point_resolves_the_micro_batch_as_fit_does():
+    """gradient_checkpointing and per_device_batch_size auto: decided once by the memory plan
+    (here: the CPU, so no checkpointing and the whole step), the engine trained on the planned
+    batches."""
+    opts = {"dry_run": True, "extra": [], "bare": True, "profile": False, "lengths": None}
+    opts.update(predict_batch=None, predict_max_tokens=None)
+    (p,) = [q for q in bench_gpu.default_grid() if q["name"] == "gemma2_9b/flex/gc-auto/b-auto"]
+    assert p["gradient_checkpointing"] == "auto" and not p["predict"]
+    train = bench_gpu.run_point(p, opts)["training"]
+    plan = train["memory_plan"]
+    assert plan["checkpointing"] is False and plan["micro_batch"] == train["micro_batch"] == 2
+    assert train["same_batches"] and train["tokens_per_s"]["bare"] > 0

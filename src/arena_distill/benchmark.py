@@ -497,26 +497,44 @@ def compare_training(
 
     ``build()`` returns a fresh model (the same init every call: seed inside) and the pad id.
     The engine runs without evaluation; its checkpoints are cancelled (timing callback).
-    ``gradient_checkpointing``: the model setting, handed to ``fit`` (``auto`` is decided there
-    from the device's memory; ``same_batches`` then says whether it kept the micro-batch).
+    ``gradient_checkpointing``: the model setting. ``auto`` there or in
+    ``settings.per_device_batch_size`` is decided once, as ``fit`` decides it
+    (``train.plan_memory`` on the first model built: ``memory_plan`` in the result), and the
+    same choice is applied to every model of the comparison, the bare loop's too.
     ``profile``: the first engine run trains one step more, profiled and not timed
     (``profile`` in the result: :func:`summarise_profile`)."""
     import dataclasses
     from types import SimpleNamespace
 
-    from arena_distill.train import fit, training_arguments
+    from arena_distill.train import fit, plan_memory, training_arguments
 
     steps = int(settings.max_steps)
     if steps <= warmup_steps:
         raise ValueError(f"max_steps ({steps}) must exceed warmup_steps ({warmup_steps})")
     work_dir = Path(work_dir)
-    args = training_arguments(settings, work_dir, has_eval=False)
+    auto = gradient_checkpointing == "auto" or settings.per_device_batch_size == "auto"
+    first = build()
+    memory_plan = None
+
+    def apply_plan(model):
+        """The memory plan's checkpointing switched on in ``model`` (the same decision on the
+        same model and rows every time); returns the settings with the chosen micro-batch."""
+        return plan_memory(model, examples, settings, gradient_checkpointing)
+
+    resolved = settings
+    if auto:
+        resolved, memory_plan = apply_plan(first[0])
+    engine_gc = False if auto else gradient_checkpointing  # applied above, or by build()
+    args = training_arguments(resolved, work_dir, has_eval=False)
     plan = engine_batches(examples, args, steps=steps + int(profile))
     engine_runs: list[dict] = []
     bare_runs: list[dict] = []
     profiled: dict | None = None
     for rep in range(max(1, repeats)):
-        model, pad = build()
+        model, pad = first if rep == 0 else build()
+        first = None
+        if auto and rep > 0:
+            apply_plan(model)
         collator = PreferenceCollator(pad_token_id=pad)
         step_batches = [[collator([examples[i] for i in micro]) for micro in st] for st in plan]
         all_tokens = [int(sum(int(m["attention_mask"].sum()) for m in st)) for st in step_batches]
@@ -524,11 +542,11 @@ def compare_training(
         padded = sum(int(m["attention_mask"].numel()) for st in step_batches for m in st)
         timer = step_timer_callback(device)
         callbacks = [timer]
-        run_settings, trained = settings, step_tokens
+        run_settings, trained = resolved, step_tokens
         if profile and rep == 0:  # one more step, profiled, after the timed ones
             profiler = profile_callback(device, steps + 1)
             callbacks.append(profiler)
-            run_settings, trained = dataclasses.replace(settings, max_steps=steps + 1), all_tokens
+            run_settings, trained = dataclasses.replace(resolved, max_steps=steps + 1), all_tokens
         result = fit(
             model,
             SimpleNamespace(pad_token_id=pad),
@@ -537,7 +555,7 @@ def compare_training(
             run_settings,
             work_dir / f"engine_{rep}",
             callbacks=callbacks,
-            gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing=engine_gc,
         )
         if profile and rep == 0:
             profiled = profiler.summary or {"error": "the profiled step did not run"}
@@ -554,6 +572,8 @@ def compare_training(
         if not run_bare:
             continue
         model, pad = build()
+        if auto:
+            apply_plan(model)  # the engine's checkpointing choice
         dev = torch.device(device)
         on_device = [[{k: v.to(dev) for k, v in m.items()} for m in st] for st in step_batches]
         times = bare_loop(model, on_device, args, device=dev)
@@ -577,6 +597,8 @@ def compare_training(
         "tokens_per_s": {"engine": round(engine_tps, 1)},
         "runs": {"engine": [round(r["tokens_per_s"], 1) for r in engine_runs]},
     }
+    if memory_plan is not None:
+        out["memory_plan"] = memory_plan.to_dict()
     if profile:
         out["profile"] = profiled
     if bare_runs:
