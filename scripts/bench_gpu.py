@@ -14,7 +14,8 @@ the whole depth: ``projected_tokens_per_s``). Per grid point (model config, atte
 gradient checkpointing, micro-batch, dtype, plus any Hydra overrides):
 
 * training through ``train.fit`` (``stages.teacher`` settings, LoRA of the model config, no
-  quantization: random weights cannot be nf4-loaded), ``micro_batch`` rows of ``train_length``
+  quantization unless the point is ``quantized``: then the random weights are written and
+  loaded back in NF4, the teachers' QLoRA), ``micro_batch`` rows of ``train_length``
   tokens per step: tokens/s after the warm-up steps, MFU (model FLOPs: ``planner.Architecture``
   forward FLOPs × 2 with LoRA (no weight gradients), × 3 for a full fine-tune; recomputation of
   checkpointing not counted) against the device's dense bf16 peak, peak memory;
@@ -76,12 +77,17 @@ def point(
     dtype: str = "bfloat16",
     overrides: list[str] | None = None,
     name: str | None = None,
+    quantized: bool = False,
 ) -> dict:
     """A grid point. ``gc`` is passed as is (``model.gradient_checkpointing``: true, false or
-    any value the model config accepts)."""
+    any value the model config accepts). ``quantized``: the model config's ``quantization``
+    kept (NF4 for the teachers: random weights written and loaded back quantized, the QLoRA
+    path), else none."""
     gc_name = {True: "gc", False: "nogc"}.get(gc, f"gc-{gc}")
+    auto_name = f"{model}/{SHORT.get(attn, attn)}/{gc_name}/b{micro_batch}"
     return {
-        "name": name or f"{model}/{SHORT.get(attn, attn)}/{gc_name}/b{micro_batch}",
+        "name": name or auto_name + ("/nf4" if quantized else ""),
+        "quantized": quantized,
         "model": model,
         "layers": layers,
         "attn_implementation": attn,
@@ -114,6 +120,9 @@ def default_grid() -> list[dict]:
         name="gemma2_9b/flex/b8/no-buckets",
     )
     grid.insert(3, nobuckets)  # after the bucketed flex prediction it is compared with
+    # the teachers as the recipe trains them: QLoRA (NF4, double quant, bf16 compute), training
+    # only (the recipe's teachers predict only their OOF rows)
+    grid.append(point("llama3_70b", "sdpa", True, 4, predict=False, layers=4, quantized=True))
     return grid
 
 
@@ -188,6 +197,34 @@ def length_mix(path: str | None, rows: int, cap: int, seed: int = 0):
     return np.clip(lengths, 16, cap)
 
 
+def point_overrides(p: dict, opts: dict) -> tuple[str, list[str]]:
+    """The attention kernel and the Hydra overrides a point runs with (a dry run: eager for the
+    GPU kernels, float32 unless quantized, tiny steps)."""
+    dry = bool(opts["dry_run"])
+    attn = p["attn_implementation"]
+    if dry and attn in ("flex_attention", "flash_attention_2"):
+        attn = "eager"  # GPU kernels; the dry run checks the code path, not the kernel
+    micro = min(int(p["micro_batch"]), 2) if dry else int(p["micro_batch"])
+    steps = 3 if dry else int(opts["train_steps"])
+    return attn, [
+        f"model={p['model']}",
+        *([] if p.get("quantized") else ["model.quantization=null"]),
+        f"model.attn_implementation={attn}",
+        f"model.gradient_checkpointing={str(p['gradient_checkpointing']).lower()}",
+        f"model.dtype={'float32' if dry and not p.get('quantized') else p['dtype']}",
+        f"stages.teacher.max_steps={steps}",
+        f"stages.teacher.per_device_batch_size={micro}",
+        f"stages.teacher.global_batch_size={micro}",
+        "stages.teacher.warmup_steps=0",
+        f"stages.teacher.logging_steps={steps + 1}",
+        "stages.teacher.keep_best=false",
+        "stages.teacher.swap=none",
+        "stages.teacher.group_by_length=true",
+        *p.get("overrides", []),
+        *opts.get("extra", []),
+    ]
+
+
 def run_point(p: dict, opts: dict, save=None) -> dict:
     """Measure one grid point in this process; returns its result (errors recorded per part).
     ``save(result)`` after each part: a point killed by its timeout in prediction keeps its
@@ -210,30 +247,11 @@ def run_point(p: dict, opts: dict, save=None) -> dict:
 
     dry = bool(opts["dry_run"])
     device = "cuda" if torch.cuda.is_available() and not dry else "cpu"
-    attn = p["attn_implementation"]
-    if dry and attn in ("flex_attention", "flash_attention_2"):
-        attn = "eager"  # GPU kernels; the dry run checks the code path, not the kernel
+    attn, overrides = point_overrides(p, opts)
     length = 64 if dry else int(opts["train_length"])
     micro = min(int(p["micro_batch"]), 2) if dry else int(p["micro_batch"])
     steps = 3 if dry else int(opts["train_steps"])
     warmup = 1 if dry else int(opts["train_warmup"])
-    overrides = [
-        f"model={p['model']}",
-        "model.quantization=null",
-        f"model.attn_implementation={attn}",
-        f"model.gradient_checkpointing={str(p['gradient_checkpointing']).lower()}",
-        f"model.dtype={'float32' if dry else p['dtype']}",
-        f"stages.teacher.max_steps={steps}",
-        f"stages.teacher.per_device_batch_size={micro}",
-        f"stages.teacher.global_batch_size={micro}",
-        "stages.teacher.warmup_steps=0",
-        f"stages.teacher.logging_steps={steps + 1}",
-        "stages.teacher.keep_best=false",
-        "stages.teacher.swap=none",
-        "stages.teacher.group_by_length=true",
-        *p.get("overrides", []),
-        *opts.get("extra", []),
-    ]
     result: dict = {"point": p, "device": device, "overrides": overrides}
     cfg = compose(overrides)
     arch_cfg, full_layers = architecture(cfg.model, p.get("layers"), dry)

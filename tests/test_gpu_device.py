@@ -151,3 +151,22 @@ def test_the_shipped_settings_point_resolves_the_micro_batch_as_fit_does():
     plan = train["memory_plan"]
     assert plan["checkpointing"] is False and plan["micro_batch"] == train["micro_batch"] == 2
     assert train["same_batches"] and train["tokens_per_s"]["bare"] > 0
+
+
+def test_the_default_grid_composes_and_quantizes_only_the_qlora_point():
+    opts = {"dry_run": False, "train_steps": 6, "extra": []}
+    grid = bench_gpu.default_grid()
+    names = [p["name"] for p in grid]
+    assert len(set(names)) == len(names) and names[0] == "gemma2_9b/flex/gc-auto/b-auto"
+    for p in grid:
+        attn, overrides = bench_gpu.point_overrides(p, opts)
+        cfg = compose(overrides)
+        assert cfg.model.attn_implementation == attn == p["attn_implementation"]
+        if p["quantized"]:
+            assert p["name"] == "llama3_70b/sdpa/gc/b4/nf4" and not p["predict"]
+            assert cfg.model.quantization.type == "nf4"
+        else:
+            assert cfg.model.quantization is None
+    shipped = compose(bench_gpu.point_overrides(grid[0], opts)[1])
+    assert shipped.stages.teacher.per_device_batch_size == "auto"
+    assert shipped.model.gradient_checkpointing == "auto"

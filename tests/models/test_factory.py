@@ -281,6 +281,32 @@ def test_qlora_nf4_trains_on_cpu(tiny, family):
     assert len(changed) == len(before)
 
 
+def test_random_init_architecture_loads_nf4_like_a_checkpoint(tiny):
+    """bench_gpu's QLoRA points: random weights of a shape, quantized as a checkpoint's are
+    (written, then loaded with the NF4 config), LoRA on the 4-bit layers trains."""
+    from bitsandbytes.nn import Linear4bit
+    from transformers import AutoConfig
+
+    arch = AutoConfig.from_pretrained(tiny["llama"])
+    model, tok = build_model(
+        model_cfg(tiny, "llama", dtype="bfloat16", quantization=NF4), architecture=arch
+    )
+    assert tok is None and model.training
+    layer = model.get_base_model().model.layers[0]
+    assert isinstance(layer.self_attn.q_proj.base_layer, Linear4bit)
+    plain, _ = build_model(model_cfg(tiny, "llama"), architecture=arch)
+    assert count_parameters(model)[1] == count_parameters(plain)[1]  # the same shape
+    before = lora_state(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.randint(1, arch.vocab_size, (2, 12))
+    for _ in range(2):
+        model(input_ids=ids, labels=torch.tensor([0, 2])).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    after = lora_state(model)
+    assert all(not torch.equal(before[n], after[n]) for n in before)
+
+
 def test_qlora_without_lora_is_refused(tiny):
     with pytest.raises(ValueError, match="QLoRA"):
         build_model(model_cfg(tiny, "llama", quantization=NF4, lora=None))

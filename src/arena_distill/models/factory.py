@@ -309,16 +309,34 @@ def _random_init(
 ) -> PreTrainedModel:
     """A random-init classifier of ``architecture`` with the load kwargs of
     :func:`load_base_model` (config keys set on a copy; dtype and attention passed on), its
-    weights created directly on ``device``."""
-    if "quantization_config" in kwargs:
-        raise ValueError("a random-init architecture cannot be loaded quantized")
+    weights created directly on ``device``.
+
+    Quantized (``quantization_config``: NF4): bitsandbytes quantizes weights as they load, so
+    the random weights are written to a temporary folder (safetensors, in the compute dtype)
+    and loaded back through ``from_pretrained`` with the same kwargs as a real checkpoint:
+    the QLoRA path the teachers take, at the cost of one write and read of the weights."""
+    load = {"quantization_config", "device_map"}
     config = copy.deepcopy(architecture)
     for key, value in kwargs.items():
-        if key not in ("dtype", "attn_implementation"):
+        if key not in ("dtype", "attn_implementation", *load):
             setattr(config, key, value)
+    quant = kwargs.get("quantization_config")
+    dtype = quant.bnb_4bit_compute_dtype if quant is not None else kwargs["dtype"]
     with torch.device(device):
-        return AutoModelForSequenceClassification.from_config(
-            config, dtype=kwargs["dtype"], attn_implementation=kwargs["attn_implementation"]
+        model = AutoModelForSequenceClassification.from_config(
+            config, dtype=dtype, attn_implementation=kwargs["attn_implementation"]
+        )
+    if quant is None:
+        return model
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="random-nf4-") as tmp:
+        model.save_pretrained(tmp)
+        del model
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+        return AutoModelForSequenceClassification.from_pretrained(
+            tmp, **{k: v for k, v in kwargs.items() if k in (*load, "dtype", "attn_implementation")}
         )
 
 
