@@ -6,6 +6,7 @@
     python scripts/bench_gpu.py --extra model.torch_compile=true     # one more override everywhere
     python scripts/bench_gpu.py --grid my_grid.json      # a JSON list of points (fields below)
     python scripts/bench_gpu.py --preset levers          # Gemma-2-9B training with each speed flag
+    python scripts/bench_gpu.py --table bench/gpu.json [levers.json]   # the README's tables
 
 No download: each model is a random-init classifier built by ``models.factory.build_model``
 (``architecture=``) from the facts shipped in ``planner.ARCHITECTURES``: Gemma-2-9B whole,
@@ -461,6 +462,73 @@ def summary_line(res: dict) -> str:
     return f"  {name}: " + "; ".join(parts) + f" ({res.get('seconds')} s)"
 
 
+def _num(value, fmt: str = ",.0f") -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def markdown_tables(docs: list[dict]) -> str:
+    """The README's tables of one or more ``gpu.json`` documents: a training table and an
+    inference table, a row per point (an error or a skip says so in the row)."""
+    train = [
+        "| point | micro-batch, checkpointing | tokens/s | whole model tokens/s | MFU | peak GB "
+        "| GPU busy | largest kinds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    infer = [
+        "| point | engine tokens/s | naive | limit | engine / naive | engine / limit | padding "
+        "| MFU | compiled graphs | peak GB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for doc in docs:
+        for res in doc["points"]:
+            name = res["point"]["name"]
+            if "skipped" in res:
+                train.append(f"| {name} | skipped: {res['skipped']} |||||||")
+                continue
+            t = res.get("training")
+            if not t and not res.get("inference"):  # killed or crashed before a part ended
+                why = str(res.get("error", "no result")).splitlines()[0][:80]
+                train.append(f"| {name} | {why} |||||||")
+            if t and "error" in t:
+                why = "out of memory" if t.get("out_of_memory") else t["error"][:80]
+                train.append(f"| {name} | {why} |||||||")
+            elif t:
+                plan = t.get("memory_plan") or {}
+                gc = plan.get("checkpointing", res["point"]["gradient_checkpointing"])
+                setup = (
+                    f"{t['micro_batch']}, {'on' if gc is True else 'off' if gc is False else gc}"
+                )
+                prof = t.get("profile") or {}
+                kinds = ", ".join(
+                    f"{k} {v['share_of_busy']:.0%}"
+                    for k, v in list(prof.get("by_kind", {}).items())[:3]
+                )
+                train.append(
+                    f"| {name} | {setup} | {_num(t['tokens_per_s']['engine'])} "
+                    f"| {_num(t.get('projected_tokens_per_s'))} | {_num(t.get('mfu'), '.1%')} "
+                    f"| {_num(t.get('peak_gb'), '.1f')} | {_num(prof.get('busy_share'), '.0%')} "
+                    f"| {kinds} |"
+                )
+            i = res.get("inference")
+            if i and "error" in i:
+                why = "out of memory" if i.get("out_of_memory") else i["error"][:80]
+                infer.append(f"| {name} | {why} |||||||||")
+            elif i:
+                tps, mfu = i["tokens_per_s"], i.get("mfu") or {}
+                infer.append(
+                    f"| {name} | {_num(tps['engine'])} | {_num(tps.get('naive'))} "
+                    f"| {_num(tps.get('limit'))} | {_num(i.get('engine_vs_naive'), '.2f')} "
+                    f"| {_num(i.get('engine_vs_limit'), '.2f')} "
+                    f"| {_num(i['padding_share']['engine'], '.1%')} "
+                    f"| {_num(mfu.get('engine'), '.1%')} | {i.get('compiled_graphs', '')} "
+                    f"| {_num(i.get('peak_gb'), '.1f')} |"
+                )
+    out = ["\n".join(train)]
+    if len(infer) > 2:
+        out.append("\n".join(infer))
+    return "\n\n".join(out) + "\n"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU")
@@ -491,6 +559,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--point-timeout-s", type=float, default=150.0)
     ap.add_argument("--min-point-s", type=float, default=40.0, help="least time a point needs")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "gpu.json")
+    ap.add_argument(
+        "--table",
+        type=Path,
+        nargs="+",
+        help="print the README's markdown tables of these gpu.json files, measure nothing",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -498,6 +572,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
+    if args.table:
+        print(markdown_tables([json.loads(f.read_text()) for f in args.table]), end="")
+        return None
     if args.child:
         job = json.loads(args.child)
 

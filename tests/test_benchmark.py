@@ -245,4 +245,16 @@ def test_bench_gpu_dry_run_records_each_point_and_survives_a_failed_one(tmp_path
     assert inf["tokens_per_s"]["engine"] > 0 and 0 <= inf["padding_share"]["engine"] <= 1
     assert inf["flops_per_s"]["engine"] > 0
     assert killed["returncode"] == "timeout" and "error" in killed
+    # the README's tables of it: a training row per point (the killed one with its reason),
+    # an inference row for the point that predicted
+    table = subprocess.run(
+        [*cmd[:2], "--table", str(out)], capture_output=True, text=True, timeout=120
+    ).stdout
+    train_rows = [r for r in table.split("\n\n")[0].splitlines()[2:]]
+    assert [r.split(" | ")[0] for r in train_rows] == [
+        "| gemma2_9b/eager/gc/b8",
+        "| llama3_70b/sdpa/gc/b4",
+    ]
+    assert "child exited with timeout" in train_rows[1]
+    assert table.split("\n\n")[1].splitlines()[2].startswith("| gemma2_9b/eager/gc/b8 | ")
     assert "training" not in killed
