@@ -95,6 +95,11 @@ EOF
         timeout "$TEST_S" python3 -m pytest -m gpu -q -p no:cacheprovider > "$OUT/test_gpu.log" 2>&1 || status=1
         tail -n 15 "$OUT/test_gpu.log"
     fi
+    results=()
+    for f in gpu.json levers.json; do [ -f "$OUT/$f" ] && results+=("$OUT/$f"); done
+    if [ ${#results[@]} -gt 0 ]; then
+        python3 scripts/bench_gpu.py --table "${results[@]}" || status=1
+    fi
     if compgen -G "$WORK/*_logs" > /dev/null; then
         tar czf "$OUT/logs.tgz" -C "$WORK" $(cd "$WORK" && ls -d ./*_logs)
     fi

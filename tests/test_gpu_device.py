@@ -101,7 +101,8 @@ def test_gpu_device_sh_runs_its_parts_in_the_cut_environment(tmp_path):
     assert "skipped" in (out / "test_gpu.log").read_text()  # no CUDA here: every GPU test skips
     with tarfile.open(out / "logs.tgz") as tar:
         assert any(n.endswith("00_llama3_70b_sdpa_gc_b4.log") for n in tar.getnames())
-    assert "done (status 0)" in (out / "device.log").read_text()
+    log = (out / "device.log").read_text()
+    assert "done (status 0)" in log and "| llama3_70b/sdpa/gc/b4 | 2, on | " in log  # the table
 
 
 def test_gpu_device_sh_stops_at_the_preflight_without_cuda(tmp_path):
