@@ -3,12 +3,13 @@
 # from the checkout's root with the image's python3, the project from src/, and the wheels that
 # `make gpu-carry` put in .carry/ (scripts/gpu_carry.py says what and why).
 #
-#   bash scripts/gpu_device.sh [PARTS]      PARTS: comma list of bench,levers,test (default: all)
+#   bash scripts/gpu_device.sh [PARTS]      PARTS: comma list of bench,flex,levers,test (default: all)
 #
 # Parts, each under its own time limit (seconds; environment overrides):
 #   preflight  always: versions, the GPU, the attention Gemma-2 gets -> env.json; stops without CUDA
-#   bench      BENCH_S=300   scripts/bench_gpu.py --profile, the default grid -> gpu.json
-#   levers     LEVERS_S=150  scripts/bench_gpu.py --preset levers --profile  -> levers.json
+#   bench      BENCH_S=260   scripts/bench_gpu.py --profile, the default grid -> gpu.json
+#   flex       FLEX_S=90     scripts/bench_flex_shapes.py: compiles per shape? -> flex_shapes.json
+#   levers     LEVERS_S=120  scripts/bench_gpu.py --preset levers --profile  -> levers.json
 #   test       TEST_S=90     pytest -m gpu                                   -> test_gpu.log
 # Results in $OUT (the device tool's folder; default bench/device): the files above, the point
 # logs as logs.tgz, and this script's own output as device.log. The default parts fit in
@@ -16,9 +17,10 @@
 # DRY_RUN=1 runs the same on a CPU at tiny shapes (its test: tests/test_gpu_device.py).
 set -u -o pipefail
 OUT=${OUT:-bench/device}
-PARTS=",${1:-bench,levers,test},"
-BENCH_S=${BENCH_S:-300}
-LEVERS_S=${LEVERS_S:-150}
+PARTS=",${1:-bench,flex,levers,test},"
+BENCH_S=${BENCH_S:-260}
+FLEX_S=${FLEX_S:-90}
+LEVERS_S=${LEVERS_S:-120}
 TEST_S=${TEST_S:-90}
 BENCH_GPU_ARGS=${BENCH_GPU_ARGS:-}
 DRY_RUN=${DRY_RUN:-0}
@@ -83,6 +85,13 @@ EOF
         timeout $((BENCH_S + 60)) python3 scripts/bench_gpu.py --budget-s "$BENCH_S" --profile \
             --out "$WORK/gpu.json" "${LENGTHS[@]}" $BENCH_GPU_ARGS || status=1
         cp "$WORK/gpu.json" "$OUT/" 2> /dev/null
+    fi
+    if [[ $PARTS == *,flex,* ]]; then
+        log "flex: does flex_attention compile per batch shape? limit ${FLEX_S} s"
+        device=cuda
+        [ "$DRY_RUN" = 1 ] && device=cpu
+        timeout "$FLEX_S" python3 scripts/bench_flex_shapes.py --device "$device" \
+            --out "$OUT/flex_shapes.json" | tail -n 1 || status=1
     fi
     if [[ $PARTS == *,levers,* ]]; then
         log "levers: Gemma-2-9B training with each speed flag, budget ${LEVERS_S} s"

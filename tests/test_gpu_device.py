@@ -171,3 +171,18 @@ def test_the_default_grid_composes_and_quantizes_only_the_qlora_point():
     shipped = compose(bench_gpu.point_overrides(grid[0], opts)[1])
     assert shipped.stages.teacher.per_device_batch_size == "auto"
     assert shipped.model.gradient_checkpointing == "auto"
+
+
+@pytest.mark.slow
+def test_bench_flex_shapes_counts_the_calls_that_compile(tmp_path):
+    """scripts/bench_flex_shapes.py on the CPU (inductor's C++ flex_attention): every call
+    recorded with its shape and new graphs; the first call always compiles."""
+    out = tmp_path / "flex.json"
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "bench_flex_shapes.py")]
+    done = subprocess.run(
+        [*cmd, "--shapes", "4", "--out", str(out)], capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert len(doc["calls"]) == 4 and doc["calls"][0]["new_graphs"] > 0
+    assert doc["calls_that_compiled"] == sum(c["new_graphs"] > 0 for c in doc["calls"])
