@@ -52,18 +52,10 @@ def run(device: str, shapes: int, mask: bool, seed: int = 0, save=None) -> dict:
     allow_recompiles(64)  # as many compiles as it wants: the point is to count them
     torch.manual_seed(seed)
     rng = random.Random(seed)
+    from bench_gpu import TINY, TINY_GEMMA2  # the dry run's widths (scripts/ is on the path)
+
     cfg = Gemma2Config(
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        vocab_size=512,
-        num_hidden_layers=2,
-        query_pre_attn_scalar=16,
-        sliding_window=64,
-        pad_token_id=0,
-        max_position_embeddings=4096,
+        **TINY, **TINY_GEMMA2, num_hidden_layers=2, pad_token_id=0, max_position_embeddings=4096
     )
     with torch.device(device):
         model = AutoModelForSequenceClassification.from_config(

@@ -64,6 +64,16 @@ _GRID = [
     ("qwen2_72b", "sdpa", True, 4, True, False, 4),
 ]
 SHORT = {"flex_attention": "flex", "flash_attention_2": "fa2"}
+# the widths of a dry run's models (also scripts/bench_flex_shapes.py's tiny Gemma-2)
+TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "vocab_size": 512,
+}
+TINY_GEMMA2 = {"query_pre_attn_scalar": 16, "sliding_window": 64}
 
 
 def point(
@@ -169,17 +179,9 @@ def architecture(model_cfg, layers: int | None, dry_run: bool):
     full_layers = int(facts["num_hidden_layers"])
     model_type = facts.pop("model_type")
     if dry_run:
-        facts.update(
-            hidden_size=64,
-            intermediate_size=128,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            vocab_size=512,
-            num_hidden_layers=min(2, layers or 2),
-        )
+        facts.update(TINY, num_hidden_layers=min(2, layers or 2))
         if model_type == "gemma2":
-            facts.update(query_pre_attn_scalar=16, sliding_window=64)
+            facts.update(TINY_GEMMA2)
     elif layers:
         facts["num_hidden_layers"] = int(layers)
     facts.update(pad_token_id=0, max_position_embeddings=8192 if not dry_run else 2048)
