@@ -200,6 +200,13 @@ def length_mix(path: str | None, rows: int, cap: int, seed: int = 0):
     return np.clip(lengths, 16, cap)
 
 
+def point_sizes(p: dict, opts: dict) -> tuple[int, int]:
+    """(rows per optimiser step, optimiser steps) of a point's training (tiny in a dry run)."""
+    if opts["dry_run"]:
+        return min(int(p["micro_batch"]), 2), 3
+    return int(p["micro_batch"]), int(opts["train_steps"])
+
+
 def point_overrides(p: dict, opts: dict) -> tuple[str, list[str]]:
     """The attention kernel and the Hydra overrides a point runs with (a dry run: eager for the
     GPU kernels, float32 unless quantized, tiny steps)."""
@@ -207,8 +214,7 @@ def point_overrides(p: dict, opts: dict) -> tuple[str, list[str]]:
     attn = p["attn_implementation"]
     if dry and attn in ("flex_attention", "flash_attention_2"):
         attn = "eager"  # GPU kernels; the dry run checks the code path, not the kernel
-    micro = min(int(p["micro_batch"]), 2) if dry else int(p["micro_batch"])
-    steps = 3 if dry else int(opts["train_steps"])
+    micro, steps = point_sizes(p, opts)
     return attn, [
         f"model={p['model']}",
         *([] if p.get("quantized") else ["model.quantization=null"]),
@@ -251,9 +257,8 @@ def run_point(p: dict, opts: dict, save=None) -> dict:
     dry = bool(opts["dry_run"])
     device = "cuda" if torch.cuda.is_available() and not dry else "cpu"
     attn, overrides = point_overrides(p, opts)
+    micro, steps = point_sizes(p, opts)
     length = 64 if dry else int(opts["train_length"])
-    micro = min(int(p["micro_batch"]), 2) if dry else int(p["micro_batch"])
-    steps = 3 if dry else int(opts["train_steps"])
     warmup = 1 if dry else int(opts["train_warmup"])
     result: dict = {"point": p, "device": device, "overrides": overrides}
     cfg = compose(overrides)
@@ -468,6 +473,11 @@ def _num(value, fmt: str = ",.0f") -> str:
     return "" if value is None else format(value, fmt)
 
 
+def _failure(part: dict) -> str:
+    """Why a training or inference part has no figures (a table cell)."""
+    return "out of memory" if part.get("out_of_memory") else part["error"][:80]
+
+
 def markdown_tables(docs: list[dict]) -> str:
     """The README's tables of one or more ``gpu.json`` documents: a training table and an
     inference table, a row per point (an error or a skip says so in the row)."""
@@ -492,8 +502,7 @@ def markdown_tables(docs: list[dict]) -> str:
                 why = str(res.get("error", "no result")).splitlines()[0][:80]
                 train.append(f"| {name} | {why} |||||||")
             if t and "error" in t:
-                why = "out of memory" if t.get("out_of_memory") else t["error"][:80]
-                train.append(f"| {name} | {why} |||||||")
+                train.append(f"| {name} | {_failure(t)} |||||||")
             elif t:
                 plan = t.get("memory_plan") or {}
                 gc = plan.get("checkpointing", res["point"]["gradient_checkpointing"])
@@ -513,8 +522,7 @@ def markdown_tables(docs: list[dict]) -> str:
                 )
             i = res.get("inference")
             if i and "error" in i:
-                why = "out of memory" if i.get("out_of_memory") else i["error"][:80]
-                infer.append(f"| {name} | {why} |||||||||")
+                infer.append(f"| {name} | {_failure(i)} |||||||||")
             elif i:
                 tps, mfu = i["tokens_per_s"], i.get("mfu") or {}
                 infer.append(

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import sysconfig
 import tempfile
 from importlib import metadata
 from pathlib import Path
+
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
 CARRY_DIR = REPO / ".carry"
@@ -93,7 +94,8 @@ PLATFORMS = [
 
 
 def normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+    """A distribution name as pip compares them (PEP 503)."""
+    return canonicalize_name(name)
 
 
 def pins() -> dict[str, str]:

@@ -324,9 +324,7 @@ def summarise_profile(events, step_s: float, device: str | torch.device, top: in
         if cuda:
             if evt.device_type != DeviceType.CUDA:
                 continue
-            us = getattr(evt, "self_device_time_total", None)
-            if us is None:
-                us = evt.self_cuda_time_total
+            us = evt.self_device_time_total
         else:
             us = evt.self_cpu_time_total
         if us > 0:

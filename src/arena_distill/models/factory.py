@@ -15,6 +15,7 @@ import copy
 import importlib.util
 import json
 import logging
+import tempfile
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -315,10 +316,10 @@ def _random_init(
     the random weights are written to a temporary folder (safetensors, in the compute dtype)
     and loaded back through ``from_pretrained`` with the same kwargs as a real checkpoint:
     the QLoRA path the teachers take, at the cost of one write and read of the weights."""
-    load = {"quantization_config", "device_map"}
+    passed = ("dtype", "attn_implementation", "quantization_config", "device_map")
     config = copy.deepcopy(architecture)
     for key, value in kwargs.items():
-        if key not in ("dtype", "attn_implementation", *load):
+        if key not in passed:
             setattr(config, key, value)
     quant = kwargs.get("quantization_config")
     dtype = quant.bnb_4bit_compute_dtype if quant is not None else kwargs["dtype"]
@@ -328,15 +329,13 @@ def _random_init(
         )
     if quant is None:
         return model
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="random-nf4-") as tmp:
         model.save_pretrained(tmp)
         del model
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
         return AutoModelForSequenceClassification.from_pretrained(
-            tmp, **{k: v for k, v in kwargs.items() if k in (*load, "dtype", "attn_implementation")}
+            tmp, **{k: v for k, v in kwargs.items() if k in passed}
         )
 
 

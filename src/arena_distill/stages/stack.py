@@ -191,7 +191,12 @@ def run(cfg: DictConfig) -> Path:
 
     # --- cross-fitted OOF, then the stacker on every OOF row
     cs = [float(c) for c in settings.cs]
-    pick = dict(n_splits=settings.inner_splits, seed=seed, passthrough=settings.passthrough)
+    pick = dict(
+        n_splits=settings.inner_splits,
+        seed=seed,
+        passthrough=settings.passthrough,
+        inner=settings.inner_cv,
+    )
     spreads = student_spreads(feats, folds)
     flat = flat_folds(spreads, settings.flat_fold_ratio)
     if flat:
@@ -201,13 +206,9 @@ def run(cfg: DictConfig) -> Path:
             flat, [round(spreads[k], 4) for k in flat], max(spreads.values()),
             settings.flat_fold_ratio,
         )  # fmt: skip
-    crossed: CrossFit = cross_fit(
-        feats, labels, folds, cs, **pick, inner=settings.inner_cv, skip_folds=flat
-    )
+    crossed: CrossFit = cross_fit(feats, labels, folds, cs, **pick, skip_folds=flat)
     fit_rows_idx = np.flatnonzero(~np.isin(folds, flat))
-    stacker, choice, scores = select_and_fit(
-        feats, labels, fit_rows_idx, cs, **pick, groups=folds, inner=settings.inner_cv
-    )
+    stacker, choice, scores = select_and_fit(feats, labels, fit_rows_idx, cs, **pick, groups=folds)
     c_best = stacker.c
     timer.lap("fit")
     metrics = {
